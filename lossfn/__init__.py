@@ -1,0 +1,40 @@
+"""lossfn: regression losses as the negative log-likelihoods of noise models.
+
+Squared error is the Gaussian NLL, absolute error the Laplace NLL, Huber's loss
+the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
+:mod:`lossfn.nll`, :mod:`lossfn.location`) is pure and composes with
+``torch.func``; :mod:`lossfn.noise` ties each loss to its density;
+:mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
+"""
+
+from . import location as location
+from . import nn as nn
+from ._errors import ShapeError as ShapeError
+from .losses import huber as huber
+from .losses import mae as mae
+from .losses import mse as mse
+from .nll import gaussian_nll as gaussian_nll
+from .nll import huber_nll as huber_nll
+from .nll import laplace_nll as laplace_nll
+from .noise import Gaussian as Gaussian
+from .noise import Huber as Huber
+from .noise import Laplace as Laplace
+from .noise import NoiseModel as NoiseModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ShapeError",
+    "mse",
+    "mae",
+    "huber",
+    "gaussian_nll",
+    "laplace_nll",
+    "huber_nll",
+    "NoiseModel",
+    "Gaussian",
+    "Laplace",
+    "Huber",
+    "location",
+    "nn",
+]

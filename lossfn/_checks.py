@@ -1,0 +1,145 @@
+"""Validation of shapes, dtypes and reductions, in one place.
+
+Everything here looks only at shapes, dtypes and Python values, never at tensor
+values, so it is safe to call under ``torch.func`` transforms.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from ._errors import ShapeError
+
+__all__ = [
+    "REDUCTIONS",
+    "check_reduction",
+    "check_float_tensor",
+    "check_pair",
+    "check_weight",
+    "check_mask",
+    "as_parameter",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+Scalar = Union[float, int, torch.Tensor]
+
+
+def check_reduction(fn: str, reduction: str) -> str:
+    """Return ``reduction`` if it is one of ``"mean"``, ``"sum"``, ``"none"``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}. "
+            "Use 'none' to get the per-element values."
+        )
+    return reduction
+
+
+def check_float_tensor(fn: str, name: str, value: object) -> torch.Tensor:
+    """Require a real floating-point tensor (float16/bfloat16/float32/float64)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}. "
+            f"Wrap it with torch.as_tensor({name}, dtype=torch.float32)."
+        )
+    if value.is_complex():
+        raise TypeError(
+            f"{fn}: {name} has complex dtype {value.dtype}; regression losses are "
+            "defined for real numbers. Pass the real part or the modulus."
+        )
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{fn}: {name} has dtype {value.dtype}, but a floating-point tensor is "
+            f"required (integer or bool values are usually class labels, not "
+            f"regression targets). Convert with {name}.float()."
+        )
+    return value
+
+
+def _squeeze_hint(a: torch.Size, b: torch.Size) -> str:
+    if len(a) == len(b) + 1 and a[-1] == 1 and a[:-1] == b:
+        return "pred has a trailing dimension of size 1: use pred.squeeze(-1)."
+    if len(b) == len(a) + 1 and b[-1] == 1 and b[:-1] == a:
+        return "target has a trailing dimension of size 1: use target.squeeze(-1)."
+    if len(a) == len(b) and sorted(a) == sorted(b):
+        return "the dimensions look permuted: check the order of the axes."
+    return "reshape one of them so that both have the same shape."
+
+
+def check_pair(fn: str, pred: object, target: object) -> None:
+    """Require float ``pred`` and ``target`` of exactly the same shape."""
+    check_float_tensor(fn, "pred", pred)
+    check_float_tensor(fn, "target", target)
+    if pred.shape != target.shape:
+        raise ShapeError(
+            f"{fn}: pred and target must have the same shape, got pred "
+            f"{tuple(pred.shape)} and target {tuple(target.shape)}; lossfn does "
+            f"not broadcast them (torch only warns and pairs the wrong elements). "
+            f"Fix: {_squeeze_hint(pred.shape, target.shape)}"
+        )
+
+
+def check_weight(fn: str, weight: Optional[torch.Tensor], shape: torch.Size) -> None:
+    """Require ``weight`` to broadcast to ``shape`` without enlarging it."""
+    if weight is None:
+        return
+    check_float_tensor(fn, "weight", weight)
+    try:
+        out = torch.broadcast_shapes(weight.shape, shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ShapeError(
+            f"{fn}: weight of shape {tuple(weight.shape)} must broadcast to the "
+            f"per-element loss of shape {tuple(shape)} without enlarging it. "
+            "Give one weight per element (or per broadcastable slice)."
+        )
+
+
+def check_mask(fn: str, mask: Optional[torch.Tensor], shape: torch.Size) -> None:
+    """Require a boolean ``mask`` that broadcasts to ``shape`` (the data's shape)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(
+            f"{fn}: mask must be a bool tensor marking the points that exist, got "
+            f"{got}. Build it with a comparison, e.g. mask = lengths[..., None] > "
+            "torch.arange(m)."
+        )
+    try:
+        out = torch.broadcast_shapes(mask.shape, shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ShapeError(
+            f"{fn}: mask of shape {tuple(mask.shape)} must broadcast to the data's "
+            f"shape {tuple(shape)} (batch dims ..., then m points)."
+        )
+
+
+def as_parameter(value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:
+    """A Python number stays a float; a tensor is cast to ``like``'s dtype and device."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT):
+            raise TypeError(f"a scale-like parameter must be real, got {value.dtype}")
+        return value.to(dtype=like.dtype, device=like.device)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"a scale-like parameter must be a float or a tensor, got "
+            f"{type(value).__name__}"
+        )
+    return float(value)
+
+
+_INT = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def safe_log(value: float) -> float:
+    """``math.log`` that returns nan/-inf outside the domain, as ``torch.log`` does."""
+    if value > 0:
+        return math.log(value)
+    return -math.inf if value == 0 else math.nan
