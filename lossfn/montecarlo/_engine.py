@@ -71,6 +71,19 @@ def check_common(reps, seed, chunk_size, block_size, dtype) -> None:
         raise TypeError(f"montecarlo: dtype must be a floating torch.dtype, got {dtype!r}")
 
 
+def check_noise(fn: str, noise) -> None:
+    """A noise model whose parameters are scalars (one noise law for every replicate)."""
+    if not isinstance(noise, NoiseModel):
+        raise TypeError(f"montecarlo.{fn}: noise must be a lossfn.noise.NoiseModel (e.g. "
+                        f"lossfn.Gaussian(1.0)), got {type(noise).__name__}")
+    params = vars(noise) if hasattr(noise, "__dict__") else {}
+    for name, value in params.items():
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise ValueError(
+                f"montecarlo.{fn}: {noise!r} has {name} of shape {tuple(value.shape)}; the "
+                f"engine needs scalar noise parameters. Run one study per parameter value.")
+
+
 def check_names(kind: str, functions: Mapping, reference: Optional[str]) -> tuple:
     """The names in ``functions`` and the reference's index."""
     if not isinstance(functions, Mapping) or not functions:
@@ -186,9 +199,7 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
     """
     check_common(reps, seed, chunk_size, block_size, dtype)
     m = _positive_int("m", m)
-    if not isinstance(noise, NoiseModel):
-        raise TypeError(f"montecarlo.run: noise must be a lossfn.noise.NoiseModel (e.g. "
-                        f"lossfn.Gaussian(1.0)), got {type(noise).__name__}")
+    check_noise("run", noise)
     names, ref = check_names("estimators", estimators, reference)
     device = _distributed.local_device(torch.device("cpu" if device is None else device))
     probe = torch.linspace(-1.0, 1.0, m, dtype=dtype, device=device)

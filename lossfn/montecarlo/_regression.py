@@ -15,7 +15,7 @@ import torch
 
 from ..noise import Gaussian, Huber, Laplace, NoiseModel
 from . import _distributed
-from ._engine import check_common, check_names, make_evaluate, simulate
+from ._engine import check_common, check_names, check_noise, make_evaluate, simulate
 from ._estimators import batched, resolve
 from ._result import Study, rows_from
 from ._stats import summarize
@@ -103,9 +103,7 @@ def run_regression(fitters: Mapping[str, Union[str, Callable]], noise: NoiseMode
         1.0
     """
     check_common(reps, seed, chunk_size, block_size, dtype)
-    if not isinstance(noise, NoiseModel):
-        raise TypeError(f"montecarlo.run_regression: noise must be a lossfn.noise.NoiseModel, "
-                        f"got {type(noise).__name__}")
+    check_noise("run_regression", noise)
     if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.shape[0] < 2:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"montecarlo.run_regression: x must be a 1-d tensor (m,) with m >= 2 "
