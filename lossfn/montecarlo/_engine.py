@@ -120,8 +120,9 @@ def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int
     rows = []
     for chunk in chunks:
         lengths = [min(block_size, reps - b * block_size) for b in chunk]
-        samples = torch.cat([draw(n, generator.manual_seed(block_seed(seed, b)))
-                             for b, n in zip(chunk, lengths)])
+        parts = [draw(n, generator.manual_seed(block_seed(seed, b)))
+                 for b, n in zip(chunk, lengths)]
+        samples = parts[0] if len(parts) == 1 else torch.cat(parts)
         errors = evaluate(samples)
         for part in errors.split(lengths, dim=-1):
             rows.append(pack(block_moments(part.contiguous())))
@@ -211,7 +212,8 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
         if eps.shape != (n, m):
             raise ValueError(f"montecarlo.run: {noise!r} draws shape {tuple(eps.shape)} for "
                              f"({n}, {m}); the engine needs scalar noise parameters")
-        return eps + truth
+        # eps is ours (fresh from the sampler): shift it in place, or not at all.
+        return eps.add_(truth) if truth != 0 else eps
 
     evaluate = make_evaluate(functions, names, float(truth), lambda fn, x: fn(x))
     moments = simulate(draw, evaluate, len(names), reps=reps, seed=seed, chunk_size=chunk_size,
