@@ -13,10 +13,14 @@ and median of each, and the mean and variance of both estimators over the replic
   reference).
 
 Time: median over repeats, the variants interleaved so they share the machine's load.
-Memory: each variant runs once more in a fresh subprocess, which reports the growth of
-its peak resident set size (``resource.getrusage(...).ru_maxrss``) over its value after
-the imports and a small warm-up run: torch allocates through the system allocator on
-the CPU, so tracemalloc does not see its tensors, but the resident set does.
+Memory: each variant runs once more in a fresh subprocess. After the imports and a small
+warm-up run it resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs the
+study and reports the peak resident set (``VmHWM``) minus the resident set before the
+study. torch allocates through the system allocator on the CPU, so tracemalloc does not
+see its tensors, but the resident set does. glibc's mmap threshold is fixed at 1 MiB in
+the children (``MALLOC_MMAP_THRESHOLD_``), so every large buffer is returned to the system
+when freed and the peak measures live memory, not what the allocator kept. (Elsewhere than Linux it falls back to
+``ru_maxrss``, which also counts the imports' peak.)
 
 Usage::
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -78,18 +83,36 @@ VARIANTS = {
 }
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def child(variant: str, reps: int) -> None:
-    """Peak-RSS growth of one variant, in MiB, printed as JSON."""
+    """Peak-RSS growth of one variant over the resident set before it, in MiB, as JSON."""
     VARIANTS[variant](20_000)  # warm-up: lazy initialization is not the study's memory
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    VARIANTS[variant](reps)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"mib": (after - before) / 1024}))  # ru_maxrss is in KiB on Linux
+    try:
+        # Reset the kernel's high-water mark (VmHWM) so the imports' peak does not hide ours.
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        before = _status_kib("VmRSS")
+        VARIANTS[variant](reps)
+        after = _status_kib("VmHWM")
+    except OSError:  # not Linux: the process-lifetime peak, a coarser measure
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        VARIANTS[variant](reps)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"mib": (after - before) / 1024}))
 
 
 def peak_mib(variant: str, reps: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(reps)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(reps),
+                          "--threads", str(torch.get_num_threads())],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
     return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
 
 
@@ -111,8 +134,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes: check that it runs")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reps = args.reps or (100_000 if args.quick else 1_000_000)
     if args.child:
         child(args.child, reps)

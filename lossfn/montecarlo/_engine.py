@@ -120,10 +120,19 @@ def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int
     rows = []
     for chunk in chunks:
         lengths = [min(block_size, reps - b * block_size) for b in chunk]
-        parts = [draw(n, generator.manual_seed(block_seed(seed, b)))
-                 for b, n in zip(chunk, lengths)]
-        samples = parts[0] if len(parts) == 1 else torch.cat(parts)
+        samples = None
+        start = 0
+        for b, n in zip(chunk, lengths):
+            block = draw(n, generator.manual_seed(block_seed(seed, b)))
+            if len(chunk) == 1:
+                samples = block
+                break
+            if samples is None:  # one buffer per chunk: never two copies of it at once
+                samples = block.new_empty((sum(lengths),) + tuple(block.shape[1:]))
+            samples[start : start + n] = block
+            start += n
         errors = evaluate(samples)
+        del samples, block
         for part in errors.split(lengths, dim=-1):
             rows.append(pack(block_moments(part.contiguous())))
     width = 1 + k + 9 * k * k
