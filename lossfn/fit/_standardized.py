@@ -67,11 +67,12 @@ def standardized(
         )
     mo = moments(data)
     n = data.n
-    rho = mo.sxy / (mo.sxx * mo.syy).sqrt()
-    std_x, std_y = (mo.sxx / n).sqrt(), (mo.syy / n).sqrt()
+    syy = torch.linalg.vector_norm(mo.dy, dim=-1).square() - mo.sum_dy * mo.sum_dy / n
+    rho = mo.sxy / (mo.sxx * syy).sqrt()
+    std_x, std_y = (mo.sxx / n).sqrt(), (syy / n).sqrt()
     ok = (
         (mo.sxx.sqrt() > noise_floor(mo.mean_x, n))
-        & (mo.syy.sqrt() > noise_floor(mo.mean_y, n))
+        & (syy.sqrt() > noise_floor(mo.mean_y, n))
         & torch.isfinite(rho)
         & torch.isfinite(mo.mean_x)
         & torch.isfinite(mo.mean_y)
