@@ -7,6 +7,7 @@ the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
 """
 
+from . import fit as fit
 from . import location as location
 from . import montecarlo as montecarlo
 from . import nn as nn
@@ -38,6 +39,7 @@ __all__ = [
     "Laplace",
     "Huber",
     "Contaminated",
+    "fit",
     "location",
     "montecarlo",
     "nn",

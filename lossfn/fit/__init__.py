@@ -1,12 +1,16 @@
 """Batched closed-form fits: least squares, the standardized line, location/scale.
 
-Each fit is the maximum-likelihood estimate under a noise model (OLS under
+Each fit is a maximum-likelihood estimate under a noise model (OLS under
 Gaussian noise), computed for a whole batch of datasets in one call: leading
 dimensions are datasets, results are NamedTuples with one entry per dataset
-and an ``ok`` flag for degenerate ones.
+and an ``ok`` flag for degenerate ones. Everything runs under
+``torch.func.vmap``.
 """
 
+from ._location_scale import location_scale as location_scale
 from ._ols import OLSFit as OLSFit
 from ._ols import ols as ols
+from ._standardized import Standardized as Standardized
+from ._standardized import standardized as standardized
 
-__all__ = ["OLSFit", "ols"]
+__all__ = ["OLSFit", "ols", "Standardized", "standardized", "location_scale"]

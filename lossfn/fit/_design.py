@@ -118,22 +118,25 @@ def noise_floor(centre: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 
 class Moments(NamedTuple):
-    """Centred first and second moments of (x, y), one entry per dataset."""
+    """Centred moments of (x, y), one entry per dataset (``Syy`` is left to the caller)."""
 
     mean_x: torch.Tensor
     mean_y: torch.Tensor
     sxx: torch.Tensor  # Σ(x − x̄)²
     sxy: torch.Tensor  # Σ(x − x̄)(y − ȳ)
-    syy: torch.Tensor  # Σ(y − ȳ)²
     dx: torch.Tensor  # x − c_x (first-pass centre), 0 where absent, (..., m)
     dy: torch.Tensor
     sum_dx: torch.Tensor  # Σ dx = n·(x̄ − c_x), tiny
     sum_dy: torch.Tensor
 
 
-def _shifted(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
-    centre = zero_absent(v, present).sum(-1) / n
-    shifted = zero_absent(v - centre.unsqueeze(-1), present)
+def _shifted(v: torch.Tensor, weight: Optional[torch.Tensor], n: torch.Tensor):
+    # v is already 0 where absent; v − c·w keeps it 0 there in one fused op.
+    centre = v.sum(-1) / n
+    if weight is None:
+        shifted = v - centre.unsqueeze(-1)
+    else:
+        shifted = torch.addcmul(v, weight, centre.unsqueeze(-1), value=-1)
     return centre, shifted, shifted.sum(-1)
 
 
@@ -144,12 +147,14 @@ def moments(data: Data) -> Moments:
     ``x̄ = c + Σdx/n``, ``Sxx = Σdx² − (Σdx)²/n``, ``Sxy = Σdx·dy − Σdx·Σdy/n``.
     """
     n = data.n
-    cx, dx, sum_dx = _shifted(data.x, data.present, n)
-    cy, dy, sum_dy = _shifted(data.y, data.present, n)
+    weight = None if data.present is None else data.present.to(data.x.dtype)
+    cx, dx, sum_dx = _shifted(zero_absent(data.x, data.present), weight, n)
+    cy, dy, sum_dy = _shifted(zero_absent(data.y, data.present), weight, n)
+    # vecdot, not vector_norm(...)²: the slope feeds α = ȳ − β·x̄, which
+    # magnifies its last-ulp errors (Norris loses a digit with the norm).
     sxx = torch.linalg.vecdot(dx, dx) - sum_dx * sum_dx / n
     sxy = torch.linalg.vecdot(dx, dy) - sum_dx * sum_dy / n
-    syy = torch.linalg.vecdot(dy, dy) - sum_dy * sum_dy / n
-    return Moments(cx + sum_dx / n, cy + sum_dy / n, sxx, sxy, syy, dx, dy, sum_dx, sum_dy)
+    return Moments(cx + sum_dx / n, cy + sum_dy / n, sxx, sxy, dx, dy, sum_dx, sum_dy)
 
 
 def centre_columns(

@@ -140,15 +140,17 @@ def _simple(data: Data) -> OLSFit:
     alpha = mo.mean_y - beta * mo.mean_x
     # Residuals e = dy − β·dx are 0 at absent points; their mean Σe/n is tiny,
     # so SSR = Σe² − (Σe)²/n loses nothing (Syy − β·Sxy would, when r² ≈ 1).
-    e = torch.addcmul(mo.dy, mo.dx, -beta.unsqueeze(-1))
+    # Syy = SSR + β·Sxy then adds two non-negative terms: no cancellation.
+    e = torch.addcmul(mo.dy, mo.dx, beta.unsqueeze(-1), value=-1)
     sum_e = mo.sum_dy - beta * mo.sum_dx
-    ssr = torch.linalg.vecdot(e, e) - sum_e * sum_e / n
+    ssr = torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n
+    syy = ssr + beta * mo.sxy
     s2 = ssr / (n - 2)
     stderr = torch.stack(
         [(s2 * (1 / n + mo.mean_x**2 / mo.sxx)).sqrt(), (s2 / mo.sxx).sqrt()], dim=-1
     )
     varies = mo.sxx.sqrt() > noise_floor(mo.mean_x, n)
-    return _finish(data, alpha, beta, ssr, stderr, mo.syy, 2, varies)
+    return _finish(data, alpha, beta, ssr, stderr, syy, 2, varies)
 
 
 def _simple_origin(data: Data) -> OLSFit:
@@ -156,8 +158,8 @@ def _simple_origin(data: Data) -> OLSFit:
     y = zero_absent(data.y, data.present)
     sxx = torch.linalg.vecdot(x, x)
     beta = torch.linalg.vecdot(x, y) / sxx
-    e = torch.addcmul(y, x, -beta.unsqueeze(-1))
-    ssr = torch.linalg.vecdot(e, e)
+    e = torch.addcmul(y, x, beta.unsqueeze(-1), value=-1)
+    ssr = torch.linalg.vector_norm(e, dim=-1).square()
     stderr = (ssr / (data.n - 1) / sxx).sqrt().unsqueeze(-1)
     return _finish(
         data, torch.zeros_like(beta), beta, ssr, stderr, torch.linalg.vecdot(y, y), 1, sxx > 0
