@@ -86,3 +86,13 @@ def test_noise_variance_against_quadrature():
 def test_bad_design_raises(x, match):
     with pytest.raises(ValueError, match=match):
         montecarlo.run_regression({"ols": ols_slope}, lossfn.Gaussian(1.0), x, reps=10)
+
+
+@pytest.mark.skipif("lad" not in montecarlo.regression_builtins(), reason="lossfn.fit.lad absent")
+def test_builtin_lad_agrees_with_enumeration():
+    # LAD is not unique for an even count of points, so compare the studies, not each slope.
+    x = torch.linspace(0.0, 2.0, 25, dtype=torch.float64)
+    kw = dict(reps=3_000, seed=2, chunk_size=1_000)
+    study = montecarlo.run_regression({"lad": "lad", "enum": lad_slope}, lossfn.Laplace(1.0), x,
+                                      **kw)
+    assert abs(study["lad"].variance.item() / study["enum"].variance.item() - 1) < 0.02
