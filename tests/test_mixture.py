@@ -102,3 +102,15 @@ def test_bad_parameters_raise(kwargs, error):
 def test_is_a_noise_model_and_exported():
     assert isinstance(Contaminated(), lossfn.NoiseModel)
     assert lossfn.montecarlo.Contaminated is Contaminated
+
+
+def test_log_prob_composes_with_vmap_and_grad():
+    noise = Contaminated(0.2, 4.0, 1.5)
+    x = torch.linspace(-6, 6, 13, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(noise.log_prob)(x), noise.log_prob(x))
+    # d log p / dε against the closed-form score of the mixture, via scipy densities
+    score = torch.func.vmap(torch.func.grad(noise.log_prob))(x).numpy()
+    v = x.numpy()
+    a = 0.8 * stats.norm.pdf(v, scale=1.5)
+    b = 0.2 * stats.norm.pdf(v, scale=6.0)
+    np.testing.assert_allclose(score, -v * (a / 1.5**2 + b / 6.0**2) / (a + b), rtol=1e-10)
