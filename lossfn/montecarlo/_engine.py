@@ -98,6 +98,25 @@ def check_names(kind: str, functions: Mapping, reference: Optional[str]) -> tupl
     return names, names.index(ref)
 
 
+def _draw_chunk(draw: Callable, generator: torch.Generator, seed: int, chunk: range,
+                lengths: list) -> torch.Tensor:
+    """The samples of a run of blocks, each from its own seeded stream, in one buffer.
+
+    Each block is copied into the chunk's buffer as soon as it is drawn, so at most
+    one block besides the buffer is alive (``torch.cat`` would hold two chunks).
+    """
+    samples, start = None, 0
+    for b, n in zip(chunk, lengths):
+        block = draw(n, generator.manual_seed(block_seed(seed, b)))
+        if len(chunk) == 1:
+            return block
+        if samples is None:
+            samples = block.new_empty((sum(lengths),) + tuple(block.shape[1:]))
+        samples[start : start + n] = block
+        start += n
+    return samples
+
+
 def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int,
              chunk_size: int, block_size: int, device: torch.device,
              progress: Union[bool, str]) -> Moments:
@@ -120,19 +139,7 @@ def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int
     rows = []
     for chunk in chunks:
         lengths = [min(block_size, reps - b * block_size) for b in chunk]
-        samples = None
-        start = 0
-        for b, n in zip(chunk, lengths):
-            block = draw(n, generator.manual_seed(block_seed(seed, b)))
-            if len(chunk) == 1:
-                samples = block
-                break
-            if samples is None:  # one buffer per chunk: never two copies of it at once
-                samples = block.new_empty((sum(lengths),) + tuple(block.shape[1:]))
-            samples[start : start + n] = block
-            start += n
-        errors = evaluate(samples)
-        del samples, block
+        errors = evaluate(_draw_chunk(draw, generator, seed, chunk, lengths))
         for part in errors.split(lengths, dim=-1):
             rows.append(pack(block_moments(part.contiguous())))
     width = 1 + k + 9 * k * k
