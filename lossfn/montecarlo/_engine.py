@@ -84,6 +84,14 @@ def check_noise(fn: str, noise) -> None:
                 f"engine needs scalar noise parameters. Run one study per parameter value.")
 
 
+def resolve_device(noise: NoiseModel, device) -> torch.device:
+    """``device``, else that of the noise model's tensor parameters, else the CPU."""
+    if device is None:
+        params = [v for v in vars(noise).values() if isinstance(v, torch.Tensor)]
+        device = params[0].device if params else "cpu"
+    return _distributed.local_device(torch.device(device))
+
+
 def check_names(kind: str, functions: Mapping, reference: Optional[str]) -> tuple:
     """The names in ``functions`` and the reference's index."""
     if not isinstance(functions, Mapping) or not functions:
@@ -194,7 +202,7 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
             blocks, at least one); it never changes the result.
         block_size: replicates per random-number block (≤ 16 384).
         dtype, device: of the samples (the statistics are float64 on ``device``).
-            ``device=None`` uses the CPU.
+            ``device=None`` follows the noise model's tensor parameters, else the CPU.
         progress: show a tqdm progress bar over chunks (a string sets its label).
         reference: estimator the efficiencies are relative to (default: the first).
 
@@ -218,7 +226,7 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
     m = _positive_int("m", m)
     check_noise("run", noise)
     names, ref = check_names("estimators", estimators, reference)
-    device = _distributed.local_device(torch.device("cpu" if device is None else device))
+    device = resolve_device(noise, device)
     probe = torch.linspace(-1.0, 1.0, m, dtype=dtype, device=device)
     probe = torch.stack([probe, probe.flip(0) * 0.5 + 0.25])
     functions = [batched(resolve(estimators[n], n, BUILTINS), n, (probe,), (0,)) for n in names]
