@@ -14,7 +14,6 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 
 from ..noise import Gaussian, Huber, Laplace, NoiseModel
-from . import _distributed
 from ._engine import (check_common, check_names, check_noise, make_evaluate, resolve_device,
                       simulate)
 from ._estimators import batched, resolve
