@@ -68,19 +68,23 @@ def _monomials(k: int, device: torch.device) -> tuple:
 
 
 def block_moments(errors: torch.Tensor) -> Moments:
-    """Statistics of one block: ``errors`` of shape ``(K, n)``, float64, contiguous.
+    """Statistics of ``G`` blocks of ``n`` replicates: ``errors`` of shape ``(K, G, n)``, float64.
 
-    The mean is computed in two passes (the second sums the residuals of the
-    first), the co-moments from the centred values, each distinct one once.
+    Returns :class:`Moments` with a leading block dim ``G``. The mean is computed
+    in two passes (the second sums the residuals of the first), the co-moments
+    from the centred values, each distinct one once. Every sum runs over the last
+    dim of one block, so a block's bits do not depend on how many blocks share
+    the call.
     """
-    k, n = errors.shape
-    first = errors.sum(-1) / n
+    k, g, n = errors.shape
+    first = errors.sum(-1) / n  # (K, G)
     mean = first + (errors - first.unsqueeze(-1)).sum(-1) / n
     u = errors - mean.unsqueeze(-1)
-    powers = torch.cat([torch.ones_like(u), u, u * u])  # (3K, n)
+    powers = torch.cat([torch.ones_like(u), u, u * u])  # (3K, G, n)
     left, right, where = _monomials(k, errors.device)
-    sums = (powers[left] * powers[right]).sum(-1)
-    return Moments(errors.new_tensor(float(n)), mean, sums[where])
+    sums = (powers[left] * powers[right]).sum(-1)  # (T, G)
+    count = errors.new_full((g,), float(n))
+    return Moments(count, mean.T, sums[where].movedim(-1, 0))
 
 
 def _shift(comoments: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -126,8 +130,9 @@ def fold(blocks: Moments) -> Moments:
 
 
 def pack(moments: Moments) -> torch.Tensor:
-    """One flat float64 row ``[n, mean (K), comoments (9K²)]`` for communication."""
-    return torch.cat([moments.count.reshape(1), moments.mean, moments.comoments.flatten()])
+    """Blocks ``(G, ...)`` as flat float64 rows ``[n, mean (K), comoments (9K²)]``, ``(G, L)``."""
+    return torch.cat([moments.count.unsqueeze(-1), moments.mean, moments.comoments.flatten(1)],
+                     dim=-1)
 
 
 def unpack(rows: torch.Tensor, k: int) -> Moments:
