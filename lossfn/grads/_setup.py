@@ -27,6 +27,13 @@ Params = Dict[str, torch.Tensor]
 Model = Union[nn.Module, Callable[[Params, torch.Tensor], torch.Tensor]]
 
 
+class ParamsKeyError(KeyError):
+    """A name missing from (or unknown to) ``params``; prints its message plainly."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class Setup(NamedTuple):
     """What the gradient functions need, resolved once outside any transform."""
 
@@ -102,7 +109,7 @@ def _module_params(fn: str, model: nn.Module, params: Optional[Params]):
         missing = sorted(trainable - chosen.keys())
         unknown = sorted(chosen.keys() - named.keys())
         if missing or unknown:
-            raise KeyError(
+            raise ParamsKeyError(
                 f"{fn}: params must name every trainable parameter of the model and "
                 f"nothing else; missing {missing}, unknown {unknown}. The model has "
                 f"{sorted(named)}. Freeze a parameter with requires_grad_(False) to "
@@ -124,7 +131,7 @@ def _loss_params(fn: str, loss: object, params: Optional[Params]) -> Params:
     }
     unknown = sorted(given.keys() - own.keys())
     if unknown:
-        raise KeyError(
+        raise ParamsKeyError(
             f"{fn}: params has {[LOSS_PREFIX + k for k in unknown]}, but the loss has no "
             f"trainable parameter of that name (it has {sorted(own)})."
         )
@@ -147,7 +154,7 @@ def _model_caller(fn: str, model: Model):
             name = err.args[0] if err.args else None
             if name in params:
                 raise
-            raise KeyError(
+            raise ParamsKeyError(
                 f"{fn}: the model function looked up params[{name!r}], which params "
                 f"lacks; it has {sorted(params)}. Add the missing tensor to params."
             ) from err

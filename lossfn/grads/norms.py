@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -122,7 +123,7 @@ def _ghost_norms(
     for name, layer in layers:
         if not isinstance(layer, nn.Linear):
             continue
-        a, g = linear_in[index], g_out[index]
+        a, g = linear_in[index].detach(), g_out[index]
         index += 1
         g_sq = g.square().sum(-1)
         if name + "weight" in setup.params:
@@ -131,8 +132,13 @@ def _ghost_norms(
         if name + "bias" in setup.params:
             sq = sq + g_sq
     for value in g_loss.values():
-        sq = sq + value.reshape(value.shape[0], -1).square().sum(-1)
+        sq = sq + _row_square_sums(value.detach())
     return sq.sqrt()
+
+
+def _row_square_sums(g: torch.Tensor) -> torch.Tensor:
+    """``Σ g[i]²`` over all but the first dimension; fine for N = 0 and scalar params."""
+    return g.square().reshape(g.shape[0], math.prod(g.shape[1:])).sum(-1)
 
 
 def per_sample_grad_norms(
@@ -200,5 +206,5 @@ def per_sample_grad_norms(
                              chunk_size=chunk_size)
     total = targets.new_zeros(inputs.shape[0])
     for g in grads.values():
-        total = total + g.reshape(g.shape[0], -1).square().sum(-1)
+        total = total + _row_square_sums(g)
     return total.sqrt()
