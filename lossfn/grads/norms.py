@@ -43,7 +43,7 @@ def _layers(module: nn.Module, prefix: str = "") -> Tuple[List[Tuple[str, nn.Mod
                 return [], why
             layers += inner
         return layers, ""
-    where = prefix.rstrip(".") or "the model"
+    where = f"module {prefix.rstrip('.')!r}" if prefix else "the model"
     return [], (
         f"{where} is a {type(module).__name__}, not nn.Linear, an elementwise "
         "activation, eval-mode Dropout or an nn.Sequential of those"
