@@ -33,14 +33,22 @@ from torch.func import functional_call, grad, vmap
 import lossfn
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def medians_ms(fns: dict, repeats: int, few: dict) -> dict:
+    """Median time of each function; rounds interleave the methods so that they
+    share the machine's load (it is noisy), and ``few`` caps slow ones' repeats."""
+    times = {label: [] for label in fns}
+    for fn in fns.values():
+        fn()  # warm up
+    for round_ in range(repeats):
+        labels = list(fns)
+        labels = labels[round_ % len(labels):] + labels[: round_ % len(labels)]
+        for label in labels:
+            if round_ >= few.get(label, repeats):
+                continue
+            start = time.perf_counter()
+            fns[label]()
+            times[label].append((time.perf_counter() - start) * 1e3)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def methods(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -106,10 +114,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 by default: on a shared machine, OpenMP "
+                             "barriers of tiny multi-threaded ops stall when cores are busy)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     n = args.n or (256 if args.quick else 4096)
     d, hidden = (20, 32) if args.quick else (100, 256)
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (3 if args.quick else 11)
     loop_repeats = 1 if args.quick else 3
     torch.manual_seed(0)
     x = torch.randn(n, d)
@@ -125,10 +137,7 @@ def main() -> None:
     results = {}
     for name, model in models.items():
         check_agree(model, x, y)
-        results[name] = {
-            label: median_ms(fn, loop_repeats if label == "loop" else repeats)
-            for label, fn in methods(model, x, y).items()
-        }
+        results[name] = medians_ms(methods(model, x, y), repeats, {"loop": loop_repeats})
     for label in next(iter(results.values())):
         cells = ""
         for name in models:

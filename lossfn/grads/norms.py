@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from ..losses import mse
+from ..losses import huber, mae, mse
 from ._setup import LOSS_PREFIX, Model, Params, Setup, check_output, prepare
 from .persample import per_sample_grads
+from .pred_grad import pred_grad
 
 __all__ = ["per_sample_grad_norms", "grad_norm_method", "ELEMENTWISE"]
 
@@ -81,7 +82,7 @@ def grad_norm_method(model: Model, inputs: torch.Tensor) -> str:
 
 
 def _ghost_norms(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, setup: Setup
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: object, setup: Setup
 ) -> torch.Tensor:
     """One forward, one backward to the linear layers' outputs, then ‖a‖²·‖g‖² per layer."""
     layers, _ = _layers(model)
@@ -105,16 +106,7 @@ def _ghost_norms(
                 x = layer(x.clone() if getattr(layer, "inplace", False) else x)
         pred = x
         check_output("per_sample_grad_norms", pred.shape, targets.shape)
-        loss_params = {k: v for k, v in setup.params.items() if k.startswith(LOSS_PREFIX)}
-
-        def one_loss(p: torch.Tensor, lp: Params, y: torch.Tensor) -> torch.Tensor:
-            return setup.call_loss(lp, p.unsqueeze(0), y.unsqueeze(0))
-
-        # dℓ_i/dŷ_i for every sample (and the criterion's per-sample gradients):
-        # cheap, since the loss is elementwise in the predictions.
-        g_pred, g_loss = vmap(grad(one_loss, argnums=(0, 1)), in_dims=(0, None, 0))(
-            pred.detach(), loss_params, targets
-        )
+        g_pred, g_loss = _loss_grads(loss, setup, pred.detach(), targets)
         # Sample i's loss reaches only row i of every layer's output, so one backward
         # of Σ_i ℓ_i gives each sample's output gradient in its own row.
         g_out = torch.autograd.grad(pred, linear_out, grad_outputs=g_pred)
@@ -139,6 +131,31 @@ def _ghost_norms(
 def _row_square_sums(g: torch.Tensor) -> torch.Tensor:
     """``Σ g[i]²`` over all but the first dimension; fine for N = 0 and scalar params."""
     return g.square().reshape(g.shape[0], math.prod(g.shape[1:])).sum(-1)
+
+
+#: lossfn losses whose gradient in the predictions has a closed form (pred_grad).
+_CLOSED_FORM = ((mse, "mse"), (mae, "mae"), (huber, "huber"))
+
+
+def _loss_grads(loss: object, setup: Setup, pred: torch.Tensor, targets: torch.Tensor):
+    """``∂ℓ_i/∂ŷ_i`` for every sample, and the criterion's per-sample gradients.
+
+    Sample i's loss is a "mean" over its own elements; for mse, mae and huber
+    that is :func:`pred_grad` divided by the elements per sample, which saves
+    the fixed cost of ``vmap(grad)`` on small models. Anything else (criteria,
+    learned scales) goes through ``vmap(grad)`` of the one-sample loss, which is
+    cheap too since the loss is elementwise in the predictions.
+    """
+    name = next((name for fn, name in _CLOSED_FORM if fn is loss), None)
+    if name is not None:
+        per_sample = math.prod(pred.shape[1:])
+        return pred_grad(pred, targets, loss=name, reduction="sum") / per_sample, {}
+    loss_params = {k: v for k, v in setup.params.items() if k.startswith(LOSS_PREFIX)}
+
+    def one_loss(p: torch.Tensor, lp: Params, y: torch.Tensor) -> torch.Tensor:
+        return setup.call_loss(lp, p.unsqueeze(0), y.unsqueeze(0))
+
+    return vmap(grad(one_loss, argnums=(0, 1)), in_dims=(0, None, 0))(pred, loss_params, targets)
 
 
 def per_sample_grad_norms(
@@ -201,7 +218,7 @@ def per_sample_grad_norms(
             f"activations on (N, features) inputs, but {why}. Use method='auto'."
         )
     if method != "materialize" and not why and inputs.shape[0] > 0:
-        return _ghost_norms(model, inputs, targets, setup)
+        return _ghost_norms(model, inputs, targets, loss, setup)
     grads = per_sample_grads(model, inputs, targets, loss=loss, params=params,
                              chunk_size=chunk_size)
     total = targets.new_zeros(inputs.shape[0])

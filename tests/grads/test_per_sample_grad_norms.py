@@ -58,6 +58,17 @@ def test_ghost_matches_loop(model, loss, monkeypatch):
     assert not got.requires_grad
 
 
+@pytest.mark.parametrize("loss", [lossfn.mse, lossfn.huber, lossfn.nn.MSELoss(reduction="sum")],
+                         ids=["mse", "huber", "criterion-sum"])
+def test_ghost_multi_output(loss):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(D, 6), nn.Softplus(), nn.Linear(6, 3))
+    x, _ = data()
+    y = 2.0 * torch.randn(N, 3)
+    torch.testing.assert_close(lossfn.per_sample_grad_norms(model, x, y, loss=loss, method="ghost"),
+                               loop_norms(model, x, y, loss), rtol=1e-5, atol=1e-6)
+
+
 def test_materialize_matches_loop_and_ghost():
     model = mlp(nn.ReLU())
     x, y = data()
