@@ -94,6 +94,14 @@ def _module_params(fn: str, model: nn.Module, params: Optional[Params]):
             "of a batch, so a sample's own gradient is not defined. Call model.eval() "
             "(BatchNorm then uses its running statistics, which are passed as buffers)."
         )
+    if any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+        for m in model.modules()
+    ):
+        raise ValueError(
+            f"{fn}: the model has Dropout in training mode, which would draw its masks "
+            "from the global RNG inside vmap. Call model.eval() (or set p=0)."
+        )
     named = dict(model.named_parameters())
     clash = [name for name in named if name.startswith(LOSS_PREFIX)]
     if clash:

@@ -125,6 +125,21 @@ def test_pure_function_model():
     torch.testing.assert_close(got["w"], (torch.sign(eps) * torch.cos(x @ w) * x).unsqueeze(-1))
 
 
+def test_composes_with_an_outer_grad():
+    # A gradient penalty Σ_i ‖g_i‖² for f(x) = x·w under mse: g_i = 2ε_i x_i, so
+    # its gradient in w is Σ_i 8 ε_i ‖x_i‖² x_i.
+    x, y = data(torch.float64)
+    w = torch.randn(D, 1, dtype=torch.float64)
+
+    def penalty(w):
+        grads = lossfn.per_sample_grads(lambda p, x: x @ p["w"], x, y, params={"w": w})
+        return grads["w"].square().sum()
+
+    eps = x @ w - y
+    want = (8 * eps * x.square().sum(1, keepdim=True) * x).sum(0, keepdim=True).T
+    torch.testing.assert_close(torch.func.grad(penalty)(w), want)
+
+
 def test_chunk_size_gives_the_same_result():
     model = mlp_with_batchnorm()
     x, y = data()
@@ -201,6 +216,8 @@ def test_other_bad_arguments():
         lossfn.per_sample_grads(lambda p, x: x, x, y)
     with pytest.raises(ValueError, match="BatchNorm in training mode.*model.eval"):
         lossfn.per_sample_grads(mlp_with_batchnorm().train(), x, y)
+    with pytest.raises(ValueError, match="Dropout in training mode.*model.eval"):
+        lossfn.per_sample_grads(nn.Sequential(nn.Linear(D, 1), nn.Dropout(0.2)), x, y)
     with pytest.raises(ValueError, match="scalar for one sample.*'none'"):
         lossfn.per_sample_grads(model, x, y, loss=lossfn.nn.MSELoss(reduction="none"))
     with pytest.raises(ValueError, match="chunk_size"):
