@@ -8,6 +8,8 @@ mse loss. Every method computes each sample's gradient of its own loss:
 - ``vmap(grad)``: the torch.func tutorial recipe written out by hand;
 - ``per_sample_grads``: :func:`lossfn.per_sample_grads`;
 - ``norms (ghost)``: :func:`lossfn.per_sample_grad_norms` (ghost path, no N×P tensor);
+- ``opacus ghost norms``: opacus ``GradSampleModuleFastGradientClipping`` (its
+  backward also forms the ordinary gradient);
 - ``norms (materialize)``: the same function forced to materialize the gradients;
 - ``batched backward``: one ordinary forward + backward of the mean loss (the floor).
 
@@ -53,6 +55,7 @@ def medians_ms(fns: dict, repeats: int, few: dict) -> dict:
 
 def methods(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
     def loop():
         out = []
@@ -77,6 +80,19 @@ def methods(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
             lossfn.mse(gsm(x), y, reduction="sum").backward()
         return [p.grad_sample for p in gsm.parameters()]
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ghost_module = GradSampleModuleFastGradientClipping(
+            copy.deepcopy(model), loss_reduction="sum", use_ghost_clipping=True)
+
+    def opacus_norms():
+        for p in ghost_module.parameters():
+            p.grad = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lossfn.mse(ghost_module(x), y, reduction="sum").backward()
+        return ghost_module.get_norm_sample()
+
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def one(p, xi, yi):
@@ -94,6 +110,7 @@ def methods(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         "vmap(grad)": lambda: raw(params, x, y),
         "per_sample_grads": lambda: lossfn.per_sample_grads(model, x, y),
         "norms (ghost)": lambda: lossfn.per_sample_grad_norms(model, x, y, method="ghost"),
+        "opacus ghost norms": opacus_norms,
         "norms (materialize)": lambda: lossfn.per_sample_grad_norms(
             model, x, y, method="materialize"
         ),
@@ -151,7 +168,8 @@ def main() -> None:
               f"(>= 2 on the MLP); per_sample_grads / vmap(grad) = "
               f"{r['per_sample_grads'] / r['vmap(grad)']:.2f} (<= 1.2); norms (ghost) / "
               f"batched backward = {r['norms (ghost)'] / r['batched backward']:.2f} "
-              f"(<= 3 on the MLP); norms (materialize) / batched backward = "
+              f"(<= 3 on the MLP); opacus ghost norms / norms (ghost) = "
+              f"{r['opacus ghost norms'] / r['norms (ghost)']:.2f}; norms (materialize) / batched backward = "
               f"{r['norms (materialize)'] / r['batched backward']:.2f}")
 
 

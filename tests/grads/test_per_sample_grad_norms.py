@@ -1,5 +1,7 @@
 """per_sample_grad_norms: ghost and materialize paths against a loop of backward passes."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -67,6 +69,19 @@ def test_ghost_multi_output(loss):
     y = 2.0 * torch.randn(N, 3)
     torch.testing.assert_close(lossfn.per_sample_grad_norms(model, x, y, loss=loss, method="ghost"),
                                loop_norms(model, x, y, loss), rtol=1e-5, atol=1e-6)
+
+
+def test_ghost_against_opacus_ghost_clipping():
+    grad_sample = pytest.importorskip("opacus.grad_sample")
+    model = mlp(nn.ReLU())
+    x, y = data()
+    got = lossfn.per_sample_grad_norms(model, x, y, method="ghost")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = grad_sample.GradSampleModuleFastGradientClipping(
+            model, loss_reduction="sum", use_ghost_clipping=True)
+        lossfn.mse(wrapped(x), y, reduction="sum").backward()
+    torch.testing.assert_close(got, wrapped.get_norm_sample(), rtol=1e-5, atol=1e-6)
 
 
 def test_materialize_matches_loop_and_ghost():
