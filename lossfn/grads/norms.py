@@ -12,7 +12,6 @@ from torch.func import grad, vmap
 
 from ..losses import huber, mae, mse
 from ._setup import LOSS_PREFIX, Model, Params, Setup, check_output, prepare
-from .persample import per_sample_grads
 from .pred_grad import pred_grad
 
 __all__ = ["per_sample_grad_norms", "grad_norm_method", "ELEMENTWISE"]
@@ -181,7 +180,11 @@ def per_sample_grad_norms(
       backward to the layer outputs give every ``a_i`` and ``g_i``, so the cost is
       a small multiple of one backward pass and no ``N×P`` tensor is formed.
       Available where :func:`grad_norm_method` says ``"ghost"``.
-    - ``"materialize"``: :func:`per_sample_grads`, then the norm; any model.
+    - ``"materialize"``: each sample's gradient by ``vmap(grad(...))`` as in
+      :func:`per_sample_grads`, reduced to its norm inside ``vmap`` (with
+      ``chunk_size``, only ``chunk_size·P`` values at a time); any model, and it
+      composes with ``torch.func`` transforms. The ghost path uses
+      ``torch.autograd`` and does not.
 
     Args:
         model, inputs, targets, loss, params, chunk_size: as for
@@ -190,7 +193,8 @@ def per_sample_grad_norms(
             not possible) or ``"materialize"``.
 
     Returns:
-        ``(N,)`` norms, detached, in the parameters' dtype.
+        ``(N,)`` norms in the parameters' dtype. The ghost path's are detached; the
+        materialize path's are differentiable in tensors passed as ``params``.
 
     Example:
         >>> import torch, lossfn
@@ -219,9 +223,27 @@ def per_sample_grad_norms(
         )
     if method != "materialize" and not why and inputs.shape[0] > 0:
         return _ghost_norms(model, inputs, targets, loss, setup)
-    grads = per_sample_grads(model, inputs, targets, loss=loss, params=params,
-                             chunk_size=chunk_size)
-    total = targets.new_zeros(inputs.shape[0])
-    for g in grads.values():
-        total = total + _row_square_sums(g)
-    return total.sqrt()
+    return _materialized_norms(setup, inputs, targets, chunk_size)
+
+
+def _materialized_norms(
+    setup: Setup, inputs: torch.Tensor, targets: torch.Tensor, chunk_size: Optional[int]
+) -> torch.Tensor:
+    """Each sample's gradient, reduced to its norm inside ``vmap``.
+
+    With ``chunk_size`` only ``chunk_size·P`` gradient values exist at a time;
+    ``vector_norm`` avoids a second ``N×P`` temporary that ``square()`` would make.
+    """
+    if inputs.shape[0] == 0:
+        return targets.new_zeros(0)
+
+    def squared_norm(params: Params, fixed: Params, x: torch.Tensor, y: torch.Tensor):
+        grads = grad(setup.sample_loss)(params, fixed, x, y)
+        return sum((torch.linalg.vector_norm(g).square() for g in grads.values()),
+                   start=y.new_zeros(()))
+
+    in_dims = (None, None, 0, 0)
+    squares = vmap(squared_norm, in_dims=in_dims, chunk_size=chunk_size)(
+        setup.params, setup.fixed, inputs, targets
+    )
+    return squares.sqrt()

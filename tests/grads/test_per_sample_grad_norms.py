@@ -54,7 +54,7 @@ def test_ghost_matches_loop(model, loss, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the ghost path must not materialize per-sample gradients")
 
-    monkeypatch.setattr(norms_module, "per_sample_grads", forbidden)
+    monkeypatch.setattr(norms_module, "_materialized_norms", forbidden)
     got = lossfn.per_sample_grad_norms(model, x, y, loss=loss)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not got.requires_grad
@@ -124,6 +124,21 @@ def test_fallback_for_other_models():
 ])
 def test_method_reports_materialize(model, inputs):
     assert lossfn.grad_norm_method(model, inputs) == "materialize"
+
+
+def test_materialize_composes_with_an_outer_grad():
+    # Σ_i ‖g_i‖² for f(x) = x·w under mse has gradient Σ_i 8 ε_i ‖x_i‖² x_i in w.
+    x, y = data(torch.float64)
+    w = torch.randn(D, 1, dtype=torch.float64)
+
+    def penalty(w):
+        norms = lossfn.per_sample_grad_norms(lambda p, x: x @ p["w"], x, y, params={"w": w},
+                                             chunk_size=4)
+        return norms.square().sum()
+
+    eps = x @ w - y
+    want = (8 * eps * x.square().sum(1, keepdim=True) * x).sum(0, keepdim=True).T
+    torch.testing.assert_close(torch.func.grad(penalty)(w), want)
 
 
 def test_function_model_and_bad_method():
