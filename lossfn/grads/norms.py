@@ -73,7 +73,8 @@ def grad_norm_method(model: Model, inputs: torch.Tensor) -> str:
     Example:
         >>> import torch, lossfn
         >>> x = torch.zeros(8, 3)
-        >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        >>> from torch import nn
+        >>> mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
         >>> lossfn.grad_norm_method(mlp, x), lossfn.grad_norm_method(torch.nn.LayerNorm(3), x)
         ('ghost', 'materialize')
     """
@@ -83,7 +84,7 @@ def grad_norm_method(model: Model, inputs: torch.Tensor) -> str:
 def _ghost_norms(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: object, setup: Setup
 ) -> torch.Tensor:
-    """One forward, one backward to the linear layers' outputs, then ‖a‖²·‖g‖² per layer."""
+    """One forward, one backward to the linear outputs, then ‖a‖²·‖g‖² per layer."""
     layers, _ = _layers(model)
     tensors = {**setup.fixed, **setup.params}
     x = inputs.detach()
@@ -118,7 +119,7 @@ def _ghost_norms(
         index += 1
         g_sq = g.square().sum(-1)
         if name + "weight" in setup.params:
-            # ‖g aᵀ‖²_F = ‖a‖²·‖g‖² for the outer product that is sample i's weight gradient.
+            # Sample i's weight gradient is g aᵀ, and ‖g aᵀ‖²_F = ‖a‖²·‖g‖².
             sq = sq + a.square().sum(-1) * g_sq
         if name + "bias" in setup.params:
             sq = sq + g_sq
@@ -169,7 +170,8 @@ def per_sample_grad_norms(
 ) -> torch.Tensor:
     r"""Euclidean norm of each sample's gradient over all differentiated parameters.
 
-    .. math:: \|g_i\| = \Big(\sum_{\text{params } p} \|\nabla_p\, \ell(f_\theta(x_i), y_i)\|^2\Big)^{1/2}
+    .. math:: \|g_i\| = \Big(\sum_{\text{params } p}
+              \|\nabla_p\, \ell(f_\theta(x_i), y_i)\|^2\Big)^{1/2}
 
     The gradients are those of :func:`per_sample_grads` (same arguments, same
     ``"loss.<name>"`` criterion parameters). Two exact paths:
