@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import grad, vjp, vmap
 
 from ..losses import huber, mae, mse
 from ._setup import LOSS_PREFIX, Model, Params, Setup, check_output, prepare
@@ -87,36 +87,32 @@ def _ghost_norms(
     """One forward, one backward to the linear outputs, then ‖a‖²·‖g‖² per layer."""
     layers, _ = _layers(model)
     tensors = {**setup.fixed, **setup.params}
-    x = inputs.detach()
-    linear_in: List[torch.Tensor] = []
-    linear_out: List[torch.Tensor] = []
-    with torch.enable_grad():
+    linears = [(name, layer) for name, layer in layers if isinstance(layer, nn.Linear)]
+
+    def forward(probes: List[torch.Tensor]):
+        # Each linear output gets a zero "probe" added, so the vector-Jacobian
+        # product with respect to the probes is the gradient at the layer outputs.
+        x, linear_in, k = inputs, [], 0
         for name, layer in layers:
             if isinstance(layer, nn.Linear):
-                weight = tensors[name + "weight"].detach()
-                bias = tensors.get(name + "bias")
-                z = F.linear(x, weight, None if bias is None else bias.detach())
-                if not z.requires_grad:  # the first layer: start the graph here
-                    z.requires_grad_(True)
                 linear_in.append(x)
-                linear_out.append(z)
-                x = z
+                x = F.linear(x, tensors[name + "weight"], tensors.get(name + "bias")) + probes[k]
+                k += 1
             else:
-                # An in-place activation would overwrite the output we differentiate to.
-                x = layer(x.clone() if getattr(layer, "inplace", False) else x)
-        pred = x
-        check_output("per_sample_grad_norms", pred.shape, targets.shape)
-        g_pred, g_loss = _loss_grads(loss, setup, pred.detach(), targets)
-        # Sample i's loss reaches only row i of every layer's output, so one backward
-        # of Σ_i ℓ_i gives each sample's output gradient in its own row.
-        g_out = torch.autograd.grad(pred, linear_out, grad_outputs=g_pred)
+                x = layer(x)
+        return x, linear_in
+
+    weight = tensors[linears[0][0] + "weight"]
+    probes = [weight.new_zeros(inputs.shape[0], layer.out_features) for _, layer in linears]
+    # torch.func.vjp rather than torch.autograd, so that this composes with vmap/grad.
+    pred, backward, linear_in = vjp(forward, probes, has_aux=True)
+    check_output("per_sample_grad_norms", pred.shape, targets.shape)
+    g_pred, g_loss = _loss_grads(loss, setup, pred, targets)
+    # Sample i's loss reaches only row i of every layer's output, so one backward
+    # of Σ_i ℓ_i gives each sample's output gradient in its own row.
+    (g_out,) = backward(g_pred)
     sq = pred.new_zeros(inputs.shape[0])
-    index = 0
-    for name, layer in layers:
-        if not isinstance(layer, nn.Linear):
-            continue
-        a, g = linear_in[index].detach(), g_out[index]
-        index += 1
+    for (name, _), a, g in zip(linears, linear_in, g_out):
         g_sq = g.square().sum(-1)
         if name + "weight" in setup.params:
             # Sample i's weight gradient is g aᵀ, and ‖g aᵀ‖²_F = ‖a‖²·‖g‖².
@@ -124,7 +120,7 @@ def _ghost_norms(
         if name + "bias" in setup.params:
             sq = sq + g_sq
     for value in g_loss.values():
-        sq = sq + _row_square_sums(value.detach())
+        sq = sq + _row_square_sums(value)
     return sq.sqrt()
 
 
@@ -185,8 +181,8 @@ def per_sample_grad_norms(
     - ``"materialize"``: each sample's gradient by ``vmap(grad(...))`` as in
       :func:`per_sample_grads`, reduced to its norm inside ``vmap`` (with
       ``chunk_size``, only ``chunk_size·P`` values at a time); any model, and it
-      composes with ``torch.func`` transforms. The ghost path uses
-      ``torch.autograd`` and does not.
+      composes with ``torch.func`` transforms (as does the ghost path, built on
+      ``torch.func.vjp``).
 
     Args:
         model, inputs, targets, loss, params, chunk_size: as for
@@ -195,8 +191,8 @@ def per_sample_grad_norms(
             not possible) or ``"materialize"``.
 
     Returns:
-        ``(N,)`` norms in the parameters' dtype. The ghost path's are detached; the
-        materialize path's are differentiable in tensors passed as ``params``.
+        ``(N,)`` norms in the parameters' dtype, detached from the module's own
+        parameters and differentiable in tensors passed as ``params``.
 
     Example:
         >>> import torch, lossfn

@@ -161,3 +161,18 @@ def test_shape_errors_on_both_paths():
 def test_empty_batch():
     got = lossfn.per_sample_grad_norms(nn.Linear(D, 1), torch.zeros(0, D), torch.zeros(0, 1))
     assert got.shape == (0,)
+
+
+@pytest.mark.parametrize("method", ["ghost", "materialize"])
+def test_vmap_over_datasets_matches_one_at_a_time(method):
+    torch.manual_seed(5)
+    model = mlp(nn.ReLU())
+    xs, ys = torch.randn(3, N, D), torch.randn(3, N, 1)
+
+    def one(x, y):
+        return lossfn.per_sample_grad_norms(model, x, y, method=method)
+
+    mapped = torch.func.vmap(one)(xs, ys)
+    torch.testing.assert_close(mapped, torch.stack([one(x, y) for x, y in zip(xs, ys)]))
+    torch.testing.assert_close(mapped[1], loop_norms(model, xs[1], ys[1], lossfn.mse),
+                               rtol=1e-5, atol=1e-6)

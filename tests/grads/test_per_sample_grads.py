@@ -236,3 +236,16 @@ def test_inputs_are_not_mutated():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_vmap_over_datasets_matches_one_at_a_time():
+    g = torch.Generator().manual_seed(6)
+    xs, ys = torch.randn(3, N, D, generator=g), torch.randn(3, N, 1, generator=g)
+    w = torch.randn(D, 1, generator=g)
+
+    def one(x, y):
+        return lossfn.per_sample_grads(lambda p, x: torch.tanh(x @ p["w"]), x, y,
+                                       params={"w": w})["w"]
+
+    mapped = torch.func.vmap(one)(xs, ys)
+    torch.testing.assert_close(mapped, torch.stack([one(x, y) for x, y in zip(xs, ys)]))
