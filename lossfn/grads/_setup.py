@@ -39,7 +39,6 @@ class Setup(NamedTuple):
 
     params: Params  # differentiated: the model's, then "loss.<name>" of the criterion
     fixed: Params  # held constant: buffers and frozen parameters of a module
-    call_model: Callable[[Params, Params, torch.Tensor], torch.Tensor]
     call_loss: Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
     sample_loss: Callable[[Params, Params, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -239,4 +238,4 @@ def prepare(
             check_output(fn, torch.Size((n, *pred.shape[1:])), torch.Size((n, *target.shape[1:])))
         return call_loss(loss_part, pred, target)
 
-    return Setup(all_params, fixed, call_model, call_loss, sample_loss)
+    return Setup(all_params, fixed, call_loss, sample_loss)
