@@ -18,12 +18,19 @@ the ratios the issue sets targets for. Usage::
 
     python benchmarks/grads.py            # N = 4096, d = 100
     python benchmarks/grads.py --quick    # small sizes, to check that it runs
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/grads.py   # torch allocates on huge pages
+
+Materialized per-sample gradients are N×P values (420 MB for the MLP), so on a
+machine without transparent huge pages for torch's allocations the page faults of
+that one output dominate every materializing method alike; torch's
+``THP_MEM_ALLOC_ENABLE=1`` removes most of that cost. The header says which.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -148,7 +155,8 @@ def main() -> None:
         f"MLP {d}->{hidden}->1": nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1)),
     }
     print(f"N={n}, float32, mse, torch {torch.__version__}, threads={torch.get_num_threads()}, "
-          f"median of {repeats} runs ({loop_repeats} for the loop)\n")
+          f"median of {repeats} runs ({loop_repeats} for the loop), "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}\n")
     header = f"{'method':<22}" + "".join(f"{name:>24}" for name in models)
     print(header + "\n" + " " * 22 + "".join(f"{'ms   (x backward)':>24}" for _ in models))
     results = {}
