@@ -1,4 +1,4 @@
-"""Per-sample gradients of any lossfn loss, for any model, with ``vmap(grad(...))``."""
+"""Per-sample gradients of any lossfn loss, for any model: vmap(grad), or outer products."""
 
 from __future__ import annotations
 
