@@ -20,6 +20,7 @@ __all__ = [
     "check_pair",
     "check_weight",
     "check_mask",
+    "broadcasts_to",
     "squeeze_hint",
     "as_parameter",
 ]
@@ -85,16 +86,20 @@ def check_pair(fn: str, pred: object, target: object) -> None:
         )
 
 
+def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` by NumPy rules without enlarging it."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def check_weight(fn: str, weight: Optional[torch.Tensor], shape: torch.Size) -> None:
     """Require ``weight`` to broadcast to ``shape`` without enlarging it."""
     if weight is None:
         return
     check_float_tensor(fn, "weight", weight)
-    try:
-        out = torch.broadcast_shapes(weight.shape, shape)
-    except RuntimeError:
-        out = None
-    if out != shape:
+    if not broadcasts_to(weight.shape, shape):
         raise ShapeError(
             f"{fn}: weight of shape {tuple(weight.shape)} must broadcast to the "
             f"per-element loss of shape {tuple(shape)} without enlarging it. "
@@ -113,11 +118,7 @@ def check_mask(fn: str, mask: Optional[torch.Tensor], shape: torch.Size) -> None
             f"{got}. Build it with a comparison, e.g. mask = lengths[..., None] > "
             "torch.arange(m)."
         )
-    try:
-        out = torch.broadcast_shapes(mask.shape, shape)
-    except RuntimeError:
-        out = None
-    if out != shape:
+    if not broadcasts_to(mask.shape, shape):
         raise ShapeError(
             f"{fn}: mask of shape {tuple(mask.shape)} must broadcast to the data's "
             f"shape {tuple(shape)} (batch dims ..., then m points)."
