@@ -1,0 +1,12 @@
+"""Batched closed-form fits: least squares, the standardized line, location/scale.
+
+Each fit is the maximum-likelihood estimate under a noise model (OLS under
+Gaussian noise), computed for a whole batch of datasets in one call: leading
+dimensions are datasets, results are NamedTuples with one entry per dataset
+and an ``ok`` flag for degenerate ones.
+"""
+
+from ._ols import OLSFit as OLSFit
+from ._ols import ols as ols
+
+__all__ = ["OLSFit", "ols"]

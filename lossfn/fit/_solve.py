@@ -1,0 +1,94 @@
+r"""Batched least squares with QR-class accuracy from Gram matrices.
+
+``torch.linalg.lstsq`` on the CPU factors one matrix after another; a Gram
+matrix ``AᵀA`` of a whole batch is one cache-friendly ``bmm``. Plain normal
+equations square the condition number, though (``κ²·eps``: about 7 digits on
+Longley, nothing on Filip). This solver keeps the speed of Gram matrices and
+recovers the accuracy of a QR factorization:
+
+1. Scale the (already centred) columns to unit norm: ``A = X·S``.
+2. Shifted Cholesky ``R₀ᵀR₀ = AᵀA + s·I`` with the shift
+   ``s = 11(md + d(d+1))·eps·d`` of shifted CholeskyQR (Fukaya et al. 2020), so
+   the factorization exists even when ``κ(A)`` is near ``1/eps``.
+3. ``Q₁ = X·T`` with ``T = S·R₀⁻¹`` is far better conditioned than ``A`` (the
+   shift caps ``κ(Q₁)`` near ``√(κ(A)²·eps)``); its Gram matrix ``G₁ = Q₁ᵀQ₁`` is
+   formed from the data again, not from ``AᵀA``, and ``L₁L₁ᵀ = G₁``. This is the
+   second pass of CholeskyQR2: ``X = Q·R`` with ``R = L₁ᵀR₀S⁻¹``.
+4. ``β = T·G₁⁻¹·Q₁ᵀb``, and the sum of squares from the residual ``b − Xβ``
+   itself (``‖b‖² − ‖Qᵀb‖²`` would cancel when ``r² ≈ 1``).
+
+Iterative refinement on top (``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was tried and
+left out: with a working-precision residual it changed no NIST LRE by more than
+its own noise, and it costs two passes over ``X`` per step.
+
+Rank deficiency is decided on the scaled design: the smallest singular value of
+``A`` is bounded below by ``1/‖R⁻¹‖_F`` (``R = L₁ᵀR₀``), and a design whose bound
+falls under ``eps·max(n, d)·√d`` (numpy's ``matrix_rank`` rule with
+``σ_max ≤ ‖A‖_F = √d``), or whose Cholesky factorizations break down, is
+reported as rank deficient: never truncated silently.
+
+References:
+    Fukaya, Kannan, Nakatsukasa, Zhang, Yamamoto (2020), "Shifted Cholesky QR for
+    computing the QR factorization of ill-conditioned matrices", SIAM J. Sci.
+    Comput. 42(1). Björck (1996), *Numerical Methods for Least Squares Problems*,
+    §2.9 (iterative refinement).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Solution", "solve_centred"]
+
+
+class Solution(NamedTuple):
+    coef: torch.Tensor  # (..., d)
+    ssr: torch.Tensor  # (...,) Σ r²
+    cov_factor: torch.Tensor  # (..., d, d) C with (XᵀX)⁻¹ = C·Cᵀ
+    full_rank: torch.Tensor  # (...,) bool
+
+
+def solve_centred(
+    x: torch.Tensor, b: torch.Tensor, n: torch.Tensor, live: torch.Tensor
+) -> Solution:
+    """Least squares ``min ‖b − Xβ‖`` for ``x`` (..., m, d), ``b`` (..., m).
+
+    ``live`` (..., d) marks columns that carry data; the others are treated as
+    exactly zero (and make the design rank deficient). Absent rows must be 0 in
+    both ``x`` and ``b``.
+    """
+    m, d = x.shape[-2], x.shape[-1]
+    eps = torch.finfo(x.dtype).eps
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+
+    gram = x.mT @ x
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()
+    scale = torch.where(live & (norms > 0), 1 / norms, 0.0)
+    gram_scaled = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)
+    shift = 11 * (m * d + d * (d + 1)) * eps * d
+    r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
+    r0_inv = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+    t = scale.unsqueeze(-1) * r0_inv  # S·R₀⁻¹
+
+    q1 = x @ t
+    l1, info1 = torch.linalg.cholesky_ex(q1.mT @ q1)
+
+    col = b.unsqueeze(-1)
+    coef = t @ torch.cholesky_solve(q1.mT @ col, l1)
+    residual = col - x @ coef
+    ssr = torch.linalg.vecdot(residual.squeeze(-1), residual.squeeze(-1))
+
+    # (XᵀX)⁻¹ = (T L₁⁻ᵀ)(T L₁⁻ᵀ)ᵀ; on the scaled design the factor is R₀⁻¹ L₁⁻ᵀ.
+    l1_inv_t = torch.linalg.solve_triangular(l1, t.mT, upper=False)  # L₁⁻¹Tᵀ
+    scaled_factor = torch.linalg.solve_triangular(l1, r0_inv.mT, upper=False)
+    sigma_min_bound = 1 / torch.linalg.matrix_norm(scaled_factor)
+    tol = eps * torch.clamp(n, min=d) * d**0.5
+    full_rank = (
+        (info0 == 0)
+        & (info1 == 0)
+        & live.all(-1)
+        & (sigma_min_bound > tol)
+    )
+    return Solution(coef.squeeze(-1), ssr, l1_inv_t.mT, full_rank)
