@@ -9,6 +9,7 @@ the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 
 from . import grads as grads
 from . import location as location
+from . import montecarlo as montecarlo
 from . import nn as nn
 from ._errors import ShapeError as ShapeError
 from .grads import Shares as Shares
@@ -23,6 +24,7 @@ from .losses import mse as mse
 from .nll import gaussian_nll as gaussian_nll
 from .nll import huber_nll as huber_nll
 from .nll import laplace_nll as laplace_nll
+from .mixture import Contaminated as Contaminated
 from .noise import Gaussian as Gaussian
 from .noise import Huber as Huber
 from .noise import Laplace as Laplace
@@ -49,6 +51,8 @@ __all__ = [
     "Shares",
     "shares",
     "grads",
+    "Contaminated",
     "location",
+    "montecarlo",
     "nn",
 ]
