@@ -1,12 +1,14 @@
-"""Batched closed-form fits: least squares, the standardized line, location/scale.
+"""Batched regression fits: least squares, the standardized line, location/scale.
 
 Each fit is the maximum-likelihood estimate under a noise model (OLS under
-Gaussian noise), computed for a whole batch of datasets in one call: leading
-dimensions are datasets, results are NamedTuples with one entry per dataset
-and an ``ok`` flag for degenerate ones.
+Gaussian noise, LAD under Laplace noise), computed for a whole batch of
+datasets in one call: leading dimensions are datasets, results are NamedTuples
+with one entry per dataset and an ``ok`` flag for degenerate ones.
 """
 
+from ._lad import LADFit as LADFit
+from ._lad import lad as lad
 from ._ols import OLSFit as OLSFit
 from ._ols import ols as ols
 
-__all__ = ["OLSFit", "ols"]
+__all__ = ["OLSFit", "ols", "LADFit", "lad"]
