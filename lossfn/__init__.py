@@ -7,10 +7,12 @@ the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
 """
 
+from . import fit as fit
 from . import grads as grads
 from . import location as location
 from . import montecarlo as montecarlo
 from . import nn as nn
+from . import select as select
 from ._errors import ShapeError as ShapeError
 from .grads import Shares as Shares
 from .grads import grad_norm_method as grad_norm_method
@@ -55,4 +57,6 @@ __all__ = [
     "location",
     "montecarlo",
     "nn",
+    "fit",
+    "select",
 ]
