@@ -1,17 +1,18 @@
 """Make ``sample.csv``, the dataset ``lossfn fit`` runs on when given no file.
 
-Five groups share the form ``y = α + βx + ε`` with x uniform on [0, 10] and differ
+Six groups share the form ``y = α + βx + ε`` with x uniform on [0, 10] and differ
 in the noise ε, so that the recommended loss differs between them:
 
-==============  ====  =====  =====  =================================================
-group           m     α      β      noise
-==============  ====  =====  =====  =================================================
-``gaussian``    120   1.0    2.0    N(0, 0.5²)
-``laplace``     150   -0.5   1.5    Laplace(0, 0.4)
-``outliers``    100   2.0    0.5    N(0, 0.3²), then 10% of points moved up by 4–8
-``student_t``   140   0.0    1.0    0.5·t(2)
-``small``       15    3.0    -1.0   N(0, 0.2²)
-==============  ====  =====  =====  =================================================
+===============  ====  =====  =====  ==========================================================
+group            m     α      β      noise
+===============  ====  =====  =====  ==========================================================
+``gaussian``     120   1.0    2.0    N(0, 0.5²)
+``laplace``      150   -0.5   1.5    Laplace(0, 0.4)
+``outliers``     100   2.0    0.5    N(0, 0.3²), then 10% of points moved up by 4–8
+``student_t``    140   0.0    1.0    0.5·t(2)
+``contaminated`` 200  0.5    -0.8   N(0, 0.4²), each point with probability 0.1 N(0, 1.2²)
+``small``        15    3.0    -1.0   N(0, 0.2²)
+===============  ====  =====  =====  ==========================================================
 
 The rows are shuffled, so the groups are interleaved as in real files. The file
 is made once and committed; rerunning with the same seed gives the same bytes:
@@ -35,6 +36,7 @@ GROUPS = (
     ("laplace", 150, -0.5, 1.5),
     ("outliers", 100, 2.0, 0.5),
     ("student_t", 140, 0.0, 1.0),
+    ("contaminated", 200, 0.5, -0.8),
     ("small", 15, 3.0, -1.0),
 )
 
@@ -51,6 +53,9 @@ def _noise(name: str, m: int, rng: np.random.Generator) -> np.ndarray:
         return eps
     if name == "student_t":
         return 0.5 * rng.standard_t(2, m)
+    if name == "contaminated":
+        gross = rng.random(m) < 0.1
+        return np.where(gross, rng.normal(0.0, 1.2, m), rng.normal(0.0, 0.4, m))
     return rng.normal(0.0, 0.2, m)
 
 
