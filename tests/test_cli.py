@@ -306,3 +306,11 @@ def test_simulate_table_and_output(tmp_path, capsys):
     assert eff["laplace", "mean"]["variance"] == pytest.approx(2 / 25, rel=0.1)
     assert eff["laplace", "median"]["efficiency"] > 1.2
     assert "gaussian" in stdout and "median" in stdout
+
+
+def test_progress_bar_on_request(capsys):
+    code, _, err = run(["fit", "--quiet", "--progress"], capsys)
+    assert code == 0
+    assert "lossfn fit" in err and "stage" in err
+    code, _, err = run(["fit", "--quiet", "--no-progress"], capsys)
+    assert code == 0 and err == ""

@@ -76,12 +76,12 @@ def fit_groups(
     bar = _progress(len(METHODS) + 1, int(mask.sum()), progress)
     fits = {}
     try:
+        fitters = {"ols": lambda: fit.ols(x, y, mask=mask),
+                   "lad": lambda: fit.lad(x, y, mask=mask),
+                   "huber": lambda: fit.huber(x, y, delta=delta, mask=mask)}
         for name in METHODS:
             bar.set_postfix_str(name)
-            if name == "huber":
-                fits[name] = fit.huber(x, y, delta=delta, mask=mask)
-            else:
-                fits[name] = getattr(fit, name)(x, y, mask=mask)
+            fits[name] = fitters[name]()
             bar.update()
         residuals = [
             torch.where(mask, y - (f.intercept.unsqueeze(-1) + f.slope.unsqueeze(-1) * x), 0.0)
