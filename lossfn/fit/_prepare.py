@@ -145,3 +145,24 @@ def independent_rows(
         c = (design @ q.unsqueeze(-1)).squeeze(-1)
         projected = projected + c * c
     return torch.cat(rows, dim=-1), full_rank
+
+
+def median_abs(r: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
+    """``median |rᵢ|`` over the last dim (mid-pair average for an even count).
+
+    ``present`` (bool, same shape) limits it to the points that exist; nan
+    where none does. Without a mask, one or two ``kthvalue`` selections
+    replace the sort.
+    """
+    a = r.abs()
+    m = a.shape[-1]
+    if present is None:
+        lower = a.kthvalue((m + 1) // 2, dim=-1).values
+        if m % 2:
+            return lower
+        return (lower + a.kthvalue(m // 2 + 1, dim=-1).values) / 2
+    n = present.sum(-1, keepdim=True)
+    ordered = torch.where(present, a, torch.inf).sort(dim=-1).values
+    lower = ordered.gather(-1, ((n - 1) // 2).clamp(min=0))
+    upper = ordered.gather(-1, (n // 2).clamp(max=m - 1))
+    return torch.where(n > 0, (lower + upper) / 2, torch.nan).squeeze(-1)
