@@ -6,9 +6,11 @@ datasets in one call: leading dimensions are datasets, results are NamedTuples
 with one entry per dataset and an ``ok`` flag for degenerate ones.
 """
 
+from ._huber import HuberFit as HuberFit
+from ._huber import huber as huber
 from ._lad import LADFit as LADFit
 from ._lad import lad as lad
 from ._ols import OLSFit as OLSFit
 from ._ols import ols as ols
 
-__all__ = ["OLSFit", "ols", "LADFit", "lad"]
+__all__ = ["OLSFit", "ols", "LADFit", "lad", "HuberFit", "huber"]

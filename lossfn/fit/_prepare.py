@@ -34,17 +34,6 @@ class Standardized(NamedTuple):
     y_scale: torch.Tensor  # (...)
 
 
-def _masked_median(values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    # Median of the present entries along the last dim; the average of the two
-    # middle ones for an even count, 0 where nothing is present.
-    n = present.sum(-1, keepdim=True)
-    ordered = torch.where(present, values, torch.inf).sort(dim=-1).values
-    lower = ((n - 1).clamp(min=0) // 2)
-    upper = (n // 2).clamp(max=values.shape[-1] - 1)
-    mid = (ordered.gather(-1, lower) + ordered.gather(-1, upper)) / 2
-    return torch.where(n > 0, mid, 0.0).squeeze(-1)
-
-
 def standardize(
     fn: str,
     x: torch.Tensor,
@@ -55,45 +44,42 @@ def standardize(
     """Validate ``x, y, mask`` and return the standardized problem and ``simple``.
 
     Columns are centred at their mean (only with an intercept, which absorbs the
-    shift) and divided by their root mean square; ``y`` is centred at its median
-    (with an intercept) and divided by its mean absolute deviation from that
-    centre. Zero spreads are replaced by 1 so that nothing divides by zero; such
-    datasets are caught by the rank test of :func:`independent_rows`.
+    shift) and divided by their root mean square; ``y`` likewise centred, then
+    divided by its mean absolute deviation from that centre. Zero spreads are
+    replaced by 1 so that nothing divides by zero; such datasets are caught by
+    the rank test of :func:`independent_rows`.
     """
     simple = check_design(fn, x, y)
     check_mask(fn, mask, y.shape)
     cols = x.unsqueeze(-1) if simple else x
     if mask is None:
-        present = torch.ones_like(y, dtype=torch.bool)
+        weight = torch.ones_like(y)
     else:
         present = mask.expand(y.shape)
-    weight = present.to(y.dtype)
-    n = weight.sum(-1)
-    # Masked-out entries may hold nan or inf: replace them, never multiply them.
-    cols = torch.where(present.unsqueeze(-1), cols, 0.0)
-    yy = torch.where(present, y, 0.0)
+        weight = present.to(y.dtype)
+        # Masked-out entries may hold nan or inf: replace them, never multiply them.
+        cols = torch.where(present.unsqueeze(-1), cols, 0.0)
+        y = torch.where(present, y, 0.0)
+    count = weight.sum(-1).clamp(min=1)
+    w_col = weight.unsqueeze(-1)
 
-    count = n.unsqueeze(-1).clamp(min=1)
     if intercept:
-        x_centre = cols.sum(-2) / count
+        x_centre = cols.sum(-2) / count.unsqueeze(-1)
+        y_centre = y.sum(-1) / count
     else:
         x_centre = cols.new_zeros(cols.shape[:-2] + cols.shape[-1:])
-    centred = torch.where(present.unsqueeze(-1), cols - x_centre.unsqueeze(-2), 0.0)
-    x_scale = ((centred * centred).sum(-2) / count).sqrt()
+        y_centre = y.new_zeros(y.shape[:-1])
+    centred = (cols - x_centre.unsqueeze(-2)) * w_col
+    x_scale = ((centred * centred).sum(-2) / count.unsqueeze(-1)).sqrt()
     x_scale = torch.where(x_scale > 0, x_scale, 1.0)
     columns = centred / x_scale.unsqueeze(-2)
 
-    y_centre = _masked_median(yy, present) if intercept else yy.new_zeros(y.shape[:-1])
-    shifted = torch.where(present, yy - y_centre.unsqueeze(-1), 0.0)
-    y_scale = shifted.abs().sum(-1) / n.clamp(min=1)
+    shifted = (y - y_centre.unsqueeze(-1)) * weight
+    y_scale = shifted.abs().sum(-1) / count
     y_scale = torch.where((y_scale > 0) & torch.isfinite(y_scale), y_scale, 1.0)
     response = shifted / y_scale.unsqueeze(-1)
 
-    if intercept:
-        ones = weight.unsqueeze(-1)
-        design = torch.cat([ones, columns], dim=-1)
-    else:
-        design = columns
+    design = torch.cat([w_col, columns], dim=-1) if intercept else columns
     return Standardized(design, response, weight, x_centre, x_scale, y_centre, y_scale), simple
 
 
@@ -134,19 +120,22 @@ def independent_rows(
     eps = torch.finfo(design.dtype).eps
     norm2 = (design * design).sum(-1)
     usable = (weight > 0) & (norm2 > 0)
-    norm2 = torch.where(usable, norm2, 1.0)
+    unusable = (~usable).to(design.dtype)
+    norm2 = norm2 + unusable  # rows of zeros: avoid 0/0
     projected = torch.zeros_like(norm2)  # squared norm of each row inside span(picked)
     basis = []  # orthonormal (..., p) vectors spanning the picked rows
     rows = []
     full_rank = torch.ones_like(usable[..., 0])
+    # Arithmetic instead of torch.where on (..., m): several times faster on CPU.
+    penalty = 4 * priority.abs().amax(-1, keepdim=True) + 4
     for _ in range(p):
-        kept = torch.where(usable, 1 - projected / norm2, -1.0)
-        good = kept > 1e-2
-        by_priority = torch.where(good, priority, torch.inf).argmin(-1, keepdim=True)
-        pick = torch.where(good.any(-1, keepdim=True), by_priority, kept.argmax(-1, keepdim=True))
+        kept = (1 - projected / norm2) * (1 - unusable) - unusable
+        bad = (kept <= 1e-2).to(design.dtype)
+        by_priority = (priority + penalty * bad).argmin(-1, keepdim=True)
+        pick = torch.where(bad.gather(-1, by_priority) > 0, kept.argmax(-1, keepdim=True), by_priority)
         full_rank = full_rank & (kept.gather(-1, pick).squeeze(-1) > 1000 * p * eps)
         rows.append(pick)
-        usable = usable.scatter(-1, pick, False)
+        unusable = unusable.scatter(-1, pick, 1.0)
         q = design.gather(-2, pick.unsqueeze(-1).expand(pick.shape + (p,))).squeeze(-2)
         for _ in range(2):  # one Gram–Schmidt sweep loses orthogonality; two suffice
             for b in basis:
@@ -156,3 +145,24 @@ def independent_rows(
         c = (design @ q.unsqueeze(-1)).squeeze(-1)
         projected = projected + c * c
     return torch.cat(rows, dim=-1), full_rank
+
+
+def median_abs(r: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
+    """``median |rᵢ|`` over the last dim (mid-pair average for an even count).
+
+    ``present`` (bool, same shape) limits it to the points that exist; nan
+    where none does. Without a mask, one or two ``kthvalue`` selections
+    replace the sort.
+    """
+    a = r.abs()
+    m = a.shape[-1]
+    if present is None:
+        lower = a.kthvalue((m + 1) // 2, dim=-1).values
+        if m % 2:
+            return lower
+        return (lower + a.kthvalue(m // 2 + 1, dim=-1).values) / 2
+    n = present.sum(-1, keepdim=True)
+    ordered = torch.where(present, a, torch.inf).sort(dim=-1).values
+    lower = ordered.gather(-1, ((n - 1) // 2).clamp(min=0))
+    upper = ordered.gather(-1, (n // 2).clamp(max=m - 1))
+    return torch.where(n > 0, (lower + upper) / 2, torch.nan).squeeze(-1)
