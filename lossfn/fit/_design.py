@@ -23,7 +23,7 @@ import torch
 from .._checks import check_float_tensor, check_mask
 from .._errors import ShapeError
 
-__all__ = ["Data", "prepare", "moments", "Moments", "centre_columns", "noise_floor"]
+__all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments"]
 
 
 class Data(NamedTuple):
@@ -155,20 +155,3 @@ def moments(data: Data) -> Moments:
     sxx = torch.linalg.vecdot(dx, dx) - sum_dx * sum_dx / n
     sxy = torch.linalg.vecdot(dx, dy) - sum_dx * sum_dy / n
     return Moments(cx + sum_dx / n, cy + sum_dy / n, sxx, sxy, dx, dy, sum_dx, sum_dy)
-
-
-def centre_columns(
-    x: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exactly centred columns of ``x`` (..., m, d) and their means (..., d).
-
-    Two passes: centre on the first-pass mean, then subtract the (tiny) mean of
-    what is left, so that each present column sums to zero to working precision.
-    Absent rows are 0.
-    """
-    rows = None if present is None else present.unsqueeze(-1)
-    first = zero_absent(x, rows).sum(-2) / n.unsqueeze(-1)
-    centred = zero_absent(x - first.unsqueeze(-2), rows)
-    rest = centred.sum(-2) / n.unsqueeze(-1)
-    centred = zero_absent(centred - rest.unsqueeze(-2), rows)
-    return centred, first + rest

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._design import Data, centre_columns, moments, noise_floor, prepare, zero_absent
+from ._design import Data, moments, noise_floor, prepare, zero_absent
 from ._solve import solve_centred
 
 __all__ = ["OLSFit", "ols"]
@@ -168,23 +168,29 @@ def _simple_origin(data: Data) -> OLSFit:
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
-    rows = None if data.present is None else data.present.unsqueeze(-1)
     d = data.x.shape[-1]
+    rows = None if data.present is None else data.present.unsqueeze(-2)
+    # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
+    # batched products over the points are fastest.
+    aug = torch.cat([data.x.mT, data.y.unsqueeze(-2)], dim=-2)
     if intercept:
-        xc, mean_x = centre_columns(data.x, data.present, n)
-        b, mean_y = centre_columns(data.y.unsqueeze(-1), data.present, n)
-        b, mean_y = b.squeeze(-1), mean_y.squeeze(-1)
-        live = torch.linalg.vector_norm(xc, dim=-2) > noise_floor(mean_x, n.unsqueeze(-1))
+        # One-pass centring on the first-pass mean; the tiny mean that is
+        # left (``offset``) is removed exactly in the solver's small algebra.
+        first = zero_absent(aug, rows).sum(-1) / n.unsqueeze(-1)
+        aug = zero_absent(aug - first.unsqueeze(-1), rows)
+        offset = aug.sum(-1) / n.unsqueeze(-1)
+        means = first + offset
+        floor = noise_floor(means[..., :d], n.unsqueeze(-1))
     else:
-        xc = zero_absent(data.x, rows)
-        b = zero_absent(data.y, data.present)
-        live = torch.ones(xc.shape[:-2] + (d,), dtype=torch.bool, device=xc.device)
-    sol = solve_centred(xc, b, n, live)
+        aug = zero_absent(aug, rows)
+        offset = None
+        floor = torch.zeros_like(aug[..., :d, 0])
+    sol = solve_centred(aug, offset, n, floor)
     p = d + int(intercept)
     s2 = (sol.ssr / (n - p)).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
-    total = torch.linalg.vecdot(b, b)
     if intercept:
+        mean_x, mean_y = means[..., :d], means[..., d]
         alpha = mean_y - torch.linalg.vecdot(mean_x, sol.coef)
         lever = (mean_x.unsqueeze(-2) @ sol.cov_factor).squeeze(-2)
         se_alpha = (s2 * (1 / n.unsqueeze(-1) + lever.square().sum(-1, keepdim=True))).sqrt()
@@ -192,4 +198,4 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
-    return _finish(data, alpha, sol.coef, sol.ssr, stderr, total, p, sol.full_rank)
+    return _finish(data, alpha, sol.coef, sol.ssr, stderr, sol.total, p, sol.full_rank)
