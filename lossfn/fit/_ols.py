@@ -101,10 +101,8 @@ def ols(
         raise TypeError(f"ols: intercept must be True or False, got {intercept!r}.")
     data = prepare("ols", x, y, mask)
     if data.simple:
-        fit = _simple(data) if intercept else _simple_origin(data)
-    else:
-        fit = _multiple(data, intercept)
-    return fit
+        return _simple(data) if intercept else _simple_origin(data)
+    return _multiple(data, intercept)
 
 
 def _finish(
@@ -133,6 +131,11 @@ def _finish(
     )
 
 
+def _unbiased(ssr: torch.Tensor, n: torch.Tensor, p: int) -> torch.Tensor:
+    """``s² = SSR/(n − p)``; nan (not ±inf) when no degrees of freedom are left."""
+    return torch.where(n > p, ssr / (n - p), torch.nan)
+
+
 def _simple(data: Data) -> OLSFit:
     mo = moments(data)
     n = data.n
@@ -143,9 +146,9 @@ def _simple(data: Data) -> OLSFit:
     # Syy = SSR + β·Sxy then adds two non-negative terms: no cancellation.
     e = torch.addcmul(mo.dy, mo.dx, beta.unsqueeze(-1), value=-1)
     sum_e = mo.sum_dy - beta * mo.sum_dx
-    ssr = torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n
+    ssr = (torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n).clamp(min=0)
     syy = ssr + beta * mo.sxy
-    s2 = ssr / (n - 2)
+    s2 = _unbiased(ssr, n, 2)
     stderr = torch.stack(
         [(s2 * (1 / n + mo.mean_x**2 / mo.sxx)).sqrt(), (s2 / mo.sxx).sqrt()], dim=-1
     )
@@ -160,7 +163,7 @@ def _simple_origin(data: Data) -> OLSFit:
     beta = torch.linalg.vecdot(x, y) / sxx
     e = torch.addcmul(y, x, beta.unsqueeze(-1), value=-1)
     ssr = torch.linalg.vector_norm(e, dim=-1).square()
-    stderr = (ssr / (data.n - 1) / sxx).sqrt().unsqueeze(-1)
+    stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt().unsqueeze(-1)
     return _finish(
         data, torch.zeros_like(beta), beta, ssr, stderr, torch.linalg.vecdot(y, y), 1, sxx > 0
     )
@@ -187,7 +190,7 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         floor = torch.zeros_like(aug[..., :d, 0])
     sol = solve_centred(aug, offset, n, floor)
     p = d + int(intercept)
-    s2 = (sol.ssr / (n - p)).unsqueeze(-1)
+    s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
     if intercept:
         mean_x, mean_y = means[..., :d], means[..., d]

@@ -1,25 +1,27 @@
 r"""Batched least squares with QR-class accuracy from Gram matrices.
 
-``torch.linalg.lstsq`` on the CPU factors one matrix after another; a Gram
-matrix ``AᵀA`` of a whole batch is one cache-friendly ``bmm``. Plain normal
-equations square the condition number, though (``κ²·eps``: about 7 digits on
-Longley, nothing on Filip). This solver keeps the speed of Gram matrices and
-recovers the accuracy of a QR factorization:
+Plain normal equations square the condition number (``κ²·eps``: about 7 digits
+on Longley, nothing on Filip). This solver works on Gram matrices of the whole
+batch (``bmm``, no per-matrix loop, vmap-able) and still reaches the accuracy
+of a QR factorization:
 
-1. Scale the (already centred) columns to unit norm: ``A = X·S``.
+1. Scale the centred columns to unit norm: ``A = X·S``.
 2. Shifted Cholesky ``R₀ᵀR₀ = AᵀA + s·I`` with the shift
    ``s = 11(md + d(d+1))·eps·d`` of shifted CholeskyQR (Fukaya et al. 2020), so
    the factorization exists even when ``κ(A)`` is near ``1/eps``.
-3. ``Q₁ = X·T`` with ``T = S·R₀⁻¹`` is far better conditioned than ``A`` (the
-   shift caps ``κ(Q₁)`` near ``√(κ(A)²·eps)``); its Gram matrix ``G₁ = Q₁ᵀQ₁`` is
-   formed from the data again, not from ``AᵀA``, and ``L₁L₁ᵀ = G₁``. This is the
-   second pass of CholeskyQR2: ``X = Q·R`` with ``R = L₁ᵀR₀S⁻¹``.
+3. ``Q₁ = X·T`` with ``T = S·R₀⁻¹`` is far better conditioned than ``A``; its
+   Gram matrix ``G₁ = Q₁ᵀQ₁`` is formed from the data again, not from ``AᵀA``,
+   and ``L₁L₁ᵀ = G₁``. This is the second pass of CholeskyQR2:
+   ``X = Q·R`` with ``R = L₁ᵀR₀S⁻¹``.
 4. ``β = T·G₁⁻¹·Q₁ᵀb``, and the sum of squares from the residual ``b − Xβ``
-   itself (``‖b‖² − ‖Qᵀb‖²`` would cancel when ``r² ≈ 1``).
+   itself (``‖b‖² − ‖Qᵀb‖²`` would cancel when ``r² ≈ 1`` and cannot see an
+   exact fit such as Wampler1).
 
-Iterative refinement on top (``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was tried and
-left out: with a working-precision residual it changed no NIST LRE by more than
-its own noise, and it costs two passes over ``X`` per step.
+The response rides along as the last row of ``[X b]ᵀ`` (..., d+1, m), so three
+``bmm`` calls over the data give ``XᵀX``, ``Xᵀb``, ``bᵀb``, ``Q₁ᵀQ₁``, ``Q₁ᵀb``,
+and a fourth the residuals. Iterative refinement on top
+(``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was tried and left out: with a
+working-precision residual it changed no NIST LRE by more than its own noise.
 
 Rank deficiency is decided on the scaled design: the smallest singular value of
 ``A`` is bounded below by ``1/‖R⁻¹‖_F`` (``R = L₁ᵀR₀``), and a design whose bound
@@ -69,14 +71,13 @@ def solve_centred(
     n: torch.Tensor,
     floor: torch.Tensor,
 ) -> Solution:
-    """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]`` (..., m, d+1).
+    """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., d+1, m).
 
-    The data the problem is posed on are ``aug − 1·offsetᵀ`` (``offset`` (..., d+1)
+    The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., d+1)
     or None for 0): the centring correction is applied in the small (d+1)²
     algebra instead of another pass over the data. Absent rows must be 0.
     Columns of ``X`` whose norm is not above ``floor`` (..., d) count as zero,
-    which makes the design rank deficient. Carrying ``b`` as a column lets one
-    ``bmm`` produce ``XᵀX``, ``Xᵀb`` and ``bᵀb`` together (and ``Q₁ᵀQ₁``, ``Q₁ᵀb``).
+    which makes the design rank deficient.
     """
     d, m = aug.shape[-2] - 1, aug.shape[-1]
     eps = torch.finfo(aug.dtype).eps
@@ -92,7 +93,7 @@ def solve_centred(
     r0_inv = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
     t = scale.unsqueeze(-1) * r0_inv  # S·R₀⁻¹
 
-    # [Q₁ b] = [X b]·diag(T, 1): one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
+    # [Q₁ b]ᵀ = diag(T, 1)ᵀ·[X b]ᵀ: one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
     t_aug = torch.nn.functional.pad(t, (0, 1, 0, 1))
     t_aug[..., d, d] = 1
     q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_aug).squeeze(-2)
@@ -108,6 +109,7 @@ def solve_centred(
     if offset is not None:
         mean_residual = (offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
         ssr = ssr - n * mean_residual * mean_residual
+    ssr = ssr.clamp(min=0)  # an exact fit may round to -0.0…1e-30
 
     # (XᵀX)⁻¹ = (T L₁⁻ᵀ)(T L₁⁻ᵀ)ᵀ; on the scaled design the factor is R₀⁻¹ L₁⁻ᵀ.
     l1_inv_t = torch.linalg.solve_triangular(l1, t.mT, upper=False)  # L₁⁻¹Tᵀ
