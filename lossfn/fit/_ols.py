@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._design import Data, centre_columns, moments, noise_floor, prepare, zero_absent
+from ._design import Data, moments, noise_floor, prepare, zero_absent
 from ._solve import solve_centred
 
 __all__ = ["OLSFit", "ols"]
@@ -101,10 +101,8 @@ def ols(
         raise TypeError(f"ols: intercept must be True or False, got {intercept!r}.")
     data = prepare("ols", x, y, mask)
     if data.simple:
-        fit = _simple(data) if intercept else _simple_origin(data)
-    else:
-        fit = _multiple(data, intercept)
-    return fit
+        return _simple(data) if intercept else _simple_origin(data)
+    return _multiple(data, intercept)
 
 
 def _finish(
@@ -133,6 +131,11 @@ def _finish(
     )
 
 
+def _unbiased(ssr: torch.Tensor, n: torch.Tensor, p: int) -> torch.Tensor:
+    """``s² = SSR/(n − p)``; nan (not ±inf) when no degrees of freedom are left."""
+    return torch.where(n > p, ssr / (n - p), torch.nan)
+
+
 def _simple(data: Data) -> OLSFit:
     mo = moments(data)
     n = data.n
@@ -140,15 +143,17 @@ def _simple(data: Data) -> OLSFit:
     alpha = mo.mean_y - beta * mo.mean_x
     # Residuals e = dy − β·dx are 0 at absent points; their mean Σe/n is tiny,
     # so SSR = Σe² − (Σe)²/n loses nothing (Syy − β·Sxy would, when r² ≈ 1).
-    e = torch.addcmul(mo.dy, mo.dx, -beta.unsqueeze(-1))
+    # Syy = SSR + β·Sxy then adds two non-negative terms: no cancellation.
+    e = torch.addcmul(mo.dy, mo.dx, beta.unsqueeze(-1), value=-1)
     sum_e = mo.sum_dy - beta * mo.sum_dx
-    ssr = torch.linalg.vecdot(e, e) - sum_e * sum_e / n
-    s2 = ssr / (n - 2)
+    ssr = (torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n).clamp(min=0)
+    syy = ssr + beta * mo.sxy
+    s2 = _unbiased(ssr, n, 2)
     stderr = torch.stack(
         [(s2 * (1 / n + mo.mean_x**2 / mo.sxx)).sqrt(), (s2 / mo.sxx).sqrt()], dim=-1
     )
     varies = mo.sxx.sqrt() > noise_floor(mo.mean_x, n)
-    return _finish(data, alpha, beta, ssr, stderr, mo.syy, 2, varies)
+    return _finish(data, alpha, beta, ssr, stderr, syy, 2, varies)
 
 
 def _simple_origin(data: Data) -> OLSFit:
@@ -156,9 +161,9 @@ def _simple_origin(data: Data) -> OLSFit:
     y = zero_absent(data.y, data.present)
     sxx = torch.linalg.vecdot(x, x)
     beta = torch.linalg.vecdot(x, y) / sxx
-    e = torch.addcmul(y, x, -beta.unsqueeze(-1))
-    ssr = torch.linalg.vecdot(e, e)
-    stderr = (ssr / (data.n - 1) / sxx).sqrt().unsqueeze(-1)
+    e = torch.addcmul(y, x, beta.unsqueeze(-1), value=-1)
+    ssr = torch.linalg.vector_norm(e, dim=-1).square()
+    stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt().unsqueeze(-1)
     return _finish(
         data, torch.zeros_like(beta), beta, ssr, stderr, torch.linalg.vecdot(y, y), 1, sxx > 0
     )
@@ -166,23 +171,29 @@ def _simple_origin(data: Data) -> OLSFit:
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
-    rows = None if data.present is None else data.present.unsqueeze(-1)
     d = data.x.shape[-1]
+    rows = None if data.present is None else data.present.unsqueeze(-2)
+    # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
+    # batched products over the points are fastest.
+    aug = torch.cat([data.x.mT, data.y.unsqueeze(-2)], dim=-2)
     if intercept:
-        xc, mean_x = centre_columns(data.x, data.present, n)
-        b, mean_y = centre_columns(data.y.unsqueeze(-1), data.present, n)
-        b, mean_y = b.squeeze(-1), mean_y.squeeze(-1)
-        live = torch.linalg.vector_norm(xc, dim=-2) > noise_floor(mean_x, n.unsqueeze(-1))
+        # One-pass centring on the first-pass mean; the tiny mean that is
+        # left (``offset``) is removed exactly in the solver's small algebra.
+        first = zero_absent(aug, rows).sum(-1) / n.unsqueeze(-1)
+        aug = zero_absent(aug - first.unsqueeze(-1), rows)
+        offset = aug.sum(-1) / n.unsqueeze(-1)
+        means = first + offset
+        floor = noise_floor(means[..., :d], n.unsqueeze(-1))
     else:
-        xc = zero_absent(data.x, rows)
-        b = zero_absent(data.y, data.present)
-        live = torch.ones(xc.shape[:-2] + (d,), dtype=torch.bool, device=xc.device)
-    sol = solve_centred(xc, b, n, live)
+        aug = zero_absent(aug, rows)
+        offset = None
+        floor = torch.zeros_like(aug[..., :d, 0])
+    sol = solve_centred(aug, offset, n, floor)
     p = d + int(intercept)
-    s2 = (sol.ssr / (n - p)).unsqueeze(-1)
+    s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
-    total = torch.linalg.vecdot(b, b)
     if intercept:
+        mean_x, mean_y = means[..., :d], means[..., d]
         alpha = mean_y - torch.linalg.vecdot(mean_x, sol.coef)
         lever = (mean_x.unsqueeze(-2) @ sol.cov_factor).squeeze(-2)
         se_alpha = (s2 * (1 / n.unsqueeze(-1) + lever.square().sum(-1, keepdim=True))).sqrt()
@@ -190,4 +201,4 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
-    return _finish(data, alpha, sol.coef, sol.ssr, stderr, total, p, sol.full_rank)
+    return _finish(data, alpha, sol.coef, sol.ssr, stderr, sol.total, p, sol.full_rank)

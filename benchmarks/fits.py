@@ -1,0 +1,140 @@
+"""Speed of ``lossfn.fit.ols`` against its peers, side by side in one run.
+
+Simple regression (B datasets × m points, float32 and float64):
+
+* ``fit.ols(x, y)``;
+* batched ``torch.linalg.lstsq`` on the prebuilt design ``[1, x]`` (building it
+  is not timed, which favours lstsq);
+* a ``scipy.stats.linregress`` loop and a ``statsmodels`` OLS loop, timed on the
+  first ``--loop-datasets`` datasets after a warm-up call and scaled to B;
+* the read-once floor ``x.sum() + y.sum()``: no fit can read its data faster.
+
+Multiple regression (B = 1000, m = 500, d = 5 and 20): ``fit.ols`` against
+batched ``torch.linalg.lstsq`` with an intercept column.
+
+Every number is the median of ``--repeats`` timed calls after one warm-up call.
+Targets (issue 3): ≥ 2× faster than lstsq and ≥ 100× faster than the statsmodels
+loop for simple regression, within 8× of the read-once floor; ≥ 3× faster
+than lstsq for multiple regression.
+
+Usage::
+
+    python benchmarks/fits.py            # full sizes
+    python benchmarks/fits.py --quick    # small sizes, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import scipy.stats
+import statsmodels.api as sm
+import torch
+
+from lossfn import fit
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    call()  # warm-up: allocator, thread pool, lazy imports
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def loop_seconds(per_dataset: Callable[[int], object], count: int, total: int, repeats: int) -> float:
+    """Time a Python loop over ``count`` datasets and scale it to ``total``."""
+    seconds = median_seconds(lambda: [per_dataset(k) for k in range(count)], repeats)
+    return seconds * total / count
+
+
+def simple_rows(shapes, dtypes, repeats: int, loop_datasets: int) -> List[Dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for batch, m in shapes:
+        for dtype in dtypes:
+            x = torch.rand(batch, m, generator=gen, dtype=dtype)
+            y = 1 + 2 * x + 0.1 * torch.randn(batch, m, generator=gen, dtype=dtype)
+            design = torch.stack([torch.ones_like(x), x], dim=-1)
+            col = y.unsqueeze(-1)
+            xn, yn = x.double().numpy(), y.double().numpy()
+            designs = [sm.add_constant(xn[k]) for k in range(min(loop_datasets, batch))]
+            count = len(designs)
+            t = {
+                "ols": median_seconds(lambda: fit.ols(x, y), repeats),
+                "lstsq": median_seconds(lambda: torch.linalg.lstsq(design, col), repeats),
+                "linregress": loop_seconds(
+                    lambda k: scipy.stats.linregress(xn[k], yn[k]), count, batch, repeats),
+                "statsmodels": loop_seconds(
+                    lambda k: sm.OLS(yn[k], designs[k]).fit(), count, batch, repeats),
+                "floor": median_seconds(lambda: (x.sum(), y.sum()), repeats),
+            }
+            rows.append({"shape": f"{batch}x{m}", "dtype": str(dtype).split(".")[-1], **t})
+    return rows
+
+
+def multiple_rows(ds, dtypes, batch: int, m: int, repeats: int) -> List[Dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for d in ds:
+        for dtype in dtypes:
+            x = torch.randn(batch, m, d, generator=gen, dtype=dtype)
+            y = x.sum(-1) + torch.randn(batch, m, generator=gen, dtype=dtype)
+            design = torch.cat([torch.ones(batch, m, 1, dtype=dtype), x], dim=-1)
+            col = y.unsqueeze(-1)
+            t = {
+                "ols": median_seconds(lambda: fit.ols(x, y), repeats),
+                "lstsq": median_seconds(lambda: torch.linalg.lstsq(design, col), repeats),
+            }
+            rows.append({"shape": f"{batch}x{m}x{d}", "dtype": str(dtype).split(".")[-1], **t})
+    return rows
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per entry")
+    parser.add_argument("--loop-datasets", type=int, default=None,
+                        help="datasets timed in the scipy/statsmodels loops")
+    args = parser.parse_args()
+    dtypes = (torch.float32, torch.float64)
+    if args.quick:
+        shapes, repeats, loops, multi = [(200, 100), (20, 1000)], 3, 20, (100, 200)
+    else:
+        shapes, repeats, loops, multi = [(10000, 100), (1000, 1000), (100, 10000)], 9, 200, (1000, 500)
+    repeats = args.repeats or repeats
+    loops = args.loop_datasets or loops
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"median of {repeats} calls, milliseconds per batch")
+    print("\nSimple regression (targets: >= 2x lstsq, >= 100x statsmodels, <= 8x floor)")
+    head = (f"{'B x m':>11} {'dtype':>8} {'ols':>9} {'lstsq':>9} {'linregress':>10} "
+            f"{'statsmod':>9} {'floor':>9} | {'vs lstsq':>8} {'vs sm':>7} {'/floor':>7}  met")
+    print(head)
+    for r in simple_rows(shapes, dtypes, repeats, loops):
+        vs_lstsq, vs_sm, over_floor = r["lstsq"] / r["ols"], r["statsmodels"] / r["ols"], r["ols"] / r["floor"]
+        met = vs_lstsq >= 2 and vs_sm >= 100 and over_floor <= 8
+        print(f"{r['shape']:>11} {r['dtype']:>8} {ms(r['ols'])} {ms(r['lstsq'])} "
+              f"{ms(r['linregress']):>10} {ms(r['statsmodels'])} {ms(r['floor'])} | "
+              f"{vs_lstsq:7.1f}x {vs_sm:6.0f}x {over_floor:6.1f}x  {'yes' if met else 'NO'}")
+
+    print("\nMultiple regression (target: >= 3x lstsq)")
+    print(f"{'B x m x d':>13} {'dtype':>8} {'ols':>9} {'lstsq':>9} | {'vs lstsq':>8}  met")
+    for r in multiple_rows((5, 20), dtypes, multi[0], multi[1], repeats):
+        ratio = r["lstsq"] / r["ols"]
+        print(f"{r['shape']:>13} {r['dtype']:>8} {ms(r['ols'])} {ms(r['lstsq'])} | "
+              f"{ratio:7.1f}x  {'yes' if ratio >= 3 else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
