@@ -93,7 +93,9 @@ def _full_median(x: torch.Tensor) -> torch.Tensor:
         return x.new_full(x.shape[:-1], math.nan)
     # torch.median gives the lower middle value and propagates nan.
     a = x.median(dim=-1).values
-    b = a if m % 2 else x.kthvalue(m // 2 + 1, dim=-1).values
+    if m % 2:
+        return a
+    b = x.kthvalue(m // 2 + 1, dim=-1).values
     return a + (b - a) / 2
 
 

@@ -15,6 +15,7 @@ Example:
     True
 """
 
+from ..mixture import Contaminated as Contaminated
 from ._engine import MAX_BLOCK_SIZE as MAX_BLOCK_SIZE
 from ._engine import block_seed as block_seed
 from ._engine import run as run
@@ -23,9 +24,13 @@ from ._estimators import huber as huber
 from ._estimators import mean as mean
 from ._estimators import median as median
 from ._estimators import per_replicate as per_replicate
+from ._regression import noise_variance as noise_variance
+from ._regression import regression_builtins as regression_builtins
+from ._regression import run_regression as run_regression
 from ._result import Row as Row
 from ._result import Study as Study
 from ._stats import Moments as Moments
 
-__all__ = ["run", "Study", "Row", "Moments", "mean", "median", "huber", "per_replicate",
+__all__ = ["run", "run_regression", "noise_variance", "regression_builtins", "Contaminated",
+           "Study", "Row", "Moments", "mean", "median", "huber", "per_replicate",
            "BUILTINS", "block_seed", "MAX_BLOCK_SIZE"]

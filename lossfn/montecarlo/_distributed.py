@@ -11,6 +11,7 @@ every rank returns bitwise the single-process result.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Tuple
 
@@ -42,9 +43,16 @@ def world(device: torch.device) -> Tuple[int, int]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # We created it, so we tear it down; torch warns about groups left at exit.
+        atexit.register(_destroy)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _bounds(rank: int, size: int, blocks: int) -> Tuple[int, int]:

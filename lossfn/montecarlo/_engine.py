@@ -71,6 +71,19 @@ def check_common(reps, seed, chunk_size, block_size, dtype) -> None:
         raise TypeError(f"montecarlo: dtype must be a floating torch.dtype, got {dtype!r}")
 
 
+def check_noise(fn: str, noise) -> None:
+    """A noise model whose parameters are scalars (one noise law for every replicate)."""
+    if not isinstance(noise, NoiseModel):
+        raise TypeError(f"montecarlo.{fn}: noise must be a lossfn.noise.NoiseModel (e.g. "
+                        f"lossfn.Gaussian(1.0)), got {type(noise).__name__}")
+    params = vars(noise) if hasattr(noise, "__dict__") else {}
+    for name, value in params.items():
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise ValueError(
+                f"montecarlo.{fn}: {noise!r} has {name} of shape {tuple(value.shape)}; the "
+                f"engine needs scalar noise parameters. Run one study per parameter value.")
+
+
 def check_names(kind: str, functions: Mapping, reference: Optional[str]) -> tuple:
     """The names in ``functions`` and the reference's index."""
     if not isinstance(functions, Mapping) or not functions:
@@ -83,6 +96,25 @@ def check_names(kind: str, functions: Mapping, reference: Optional[str]) -> tupl
     if ref not in names:
         raise ValueError(f"montecarlo: reference {ref!r} is not one of the {kind} {names}")
     return names, names.index(ref)
+
+
+def _draw_chunk(draw: Callable, generator: torch.Generator, seed: int, chunk: range,
+                lengths: list) -> torch.Tensor:
+    """The samples of a run of blocks, each from its own seeded stream, in one buffer.
+
+    Each block is copied into the chunk's buffer as soon as it is drawn, so at most
+    one block besides the buffer is alive (``torch.cat`` would hold two chunks).
+    """
+    samples, start = None, 0
+    for b, n in zip(chunk, lengths):
+        block = draw(n, generator.manual_seed(block_seed(seed, b)))
+        if len(chunk) == 1:
+            return block
+        if samples is None:
+            samples = block.new_empty((sum(lengths),) + tuple(block.shape[1:]))
+        samples[start : start + n] = block
+        start += n
+    return samples
 
 
 def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int,
@@ -107,9 +139,7 @@ def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int
     rows = []
     for chunk in chunks:
         lengths = [min(block_size, reps - b * block_size) for b in chunk]
-        samples = torch.cat([draw(n, generator.manual_seed(block_seed(seed, b)))
-                             for b, n in zip(chunk, lengths)])
-        errors = evaluate(samples)
+        errors = evaluate(_draw_chunk(draw, generator, seed, chunk, lengths))
         for part in errors.split(lengths, dim=-1):
             rows.append(pack(block_moments(part.contiguous())))
     width = 1 + k + 9 * k * k
@@ -186,9 +216,7 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
     """
     check_common(reps, seed, chunk_size, block_size, dtype)
     m = _positive_int("m", m)
-    if not isinstance(noise, NoiseModel):
-        raise TypeError(f"montecarlo.run: noise must be a lossfn.noise.NoiseModel (e.g. "
-                        f"lossfn.Gaussian(1.0)), got {type(noise).__name__}")
+    check_noise("run", noise)
     names, ref = check_names("estimators", estimators, reference)
     device = _distributed.local_device(torch.device("cpu" if device is None else device))
     probe = torch.linspace(-1.0, 1.0, m, dtype=dtype, device=device)
@@ -200,7 +228,8 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
         if eps.shape != (n, m):
             raise ValueError(f"montecarlo.run: {noise!r} draws shape {tuple(eps.shape)} for "
                              f"({n}, {m}); the engine needs scalar noise parameters")
-        return eps + truth
+        # eps is ours (fresh from the sampler): shift it in place, or not at all.
+        return eps.add_(truth) if truth != 0 else eps
 
     evaluate = make_evaluate(functions, names, float(truth), lambda fn, x: fn(x))
     moments = simulate(draw, evaluate, len(names), reps=reps, seed=seed, chunk_size=chunk_size,

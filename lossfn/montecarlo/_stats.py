@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -49,19 +50,37 @@ class Moments(NamedTuple):
     comoments: torch.Tensor
 
 
+@functools.lru_cache(maxsize=32)
+def _monomials(k: int, device: torch.device) -> tuple:
+    """Index pairs into the rows ``[1, u, u²]`` (``3K`` rows) for the distinct entries.
+
+    ``S[p, q, k, l] = S[q, p, l, k]``, so only entries with ``(p, k) <= (q, l)``
+    (as row indices ``p·K + k``) are computed; ``rows`` lists them, ``where``
+    maps every entry of the ``(3, 3, K, K)`` tensor to its computed sum.
+    """
+    full = torch.arange(9 * k * k).reshape(3, 3, k, k)
+    row = full.new_tensor([[p * k + i for i in range(k)] for p in range(3)])  # (3[p], K)
+    first = row[:, None, :, None].expand(3, 3, k, k)
+    second = row[None, :, None, :].expand(3, 3, k, k)
+    low, high = torch.minimum(first, second), torch.maximum(first, second)
+    pairs, where = torch.unique(low * 3 * k + high, return_inverse=True)
+    return (pairs // (3 * k)).to(device), (pairs % (3 * k)).to(device), where.to(device)
+
+
 def block_moments(errors: torch.Tensor) -> Moments:
     """Statistics of one block: ``errors`` of shape ``(K, n)``, float64, contiguous.
 
     The mean is computed in two passes (the second sums the residuals of the
-    first), the co-moments from the centred values.
+    first), the co-moments from the centred values, each distinct one once.
     """
-    n = errors.shape[-1]
+    k, n = errors.shape
     first = errors.sum(-1) / n
     mean = first + (errors - first.unsqueeze(-1)).sum(-1) / n
     u = errors - mean.unsqueeze(-1)
-    powers = torch.stack([torch.ones_like(u), u, u * u])  # (3, K, n)
-    products = powers[:, None, :, None, :] * powers[None, :, None, :, :]  # (3, 3, K, K, n)
-    return Moments(errors.new_tensor(float(n)), mean, products.sum(-1))
+    powers = torch.cat([torch.ones_like(u), u, u * u])  # (3K, n)
+    left, right, where = _monomials(k, errors.device)
+    sums = (powers[left] * powers[right]).sum(-1)
+    return Moments(errors.new_tensor(float(n)), mean, sums[where])
 
 
 def _shift(comoments: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
