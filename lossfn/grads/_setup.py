@@ -39,7 +39,6 @@ class Setup(NamedTuple):
 
     params: Params  # differentiated: the model's, then "loss.<name>" of the criterion
     fixed: Params  # held constant: buffers and frozen parameters of a module
-    call_model: Callable[[Params, Params, torch.Tensor], torch.Tensor]
     call_loss: Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
     sample_loss: Callable[[Params, Params, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -93,6 +92,14 @@ def _module_params(fn: str, model: nn.Module, params: Optional[Params]):
             f"{fn}: the model has BatchNorm in training mode, which mixes the samples "
             "of a batch, so a sample's own gradient is not defined. Call model.eval() "
             "(BatchNorm then uses its running statistics, which are passed as buffers)."
+        )
+    if any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+        for m in model.modules()
+    ):
+        raise ValueError(
+            f"{fn}: the model has Dropout in training mode, which would draw its masks "
+            "from the global RNG inside vmap. Call model.eval() (or set p=0)."
         )
     named = dict(model.named_parameters())
     clash = [name for name in named if name.startswith(LOSS_PREFIX)]
@@ -231,4 +238,4 @@ def prepare(
             check_output(fn, torch.Size((n, *pred.shape[1:])), torch.Size((n, *target.shape[1:])))
         return call_loss(loss_part, pred, target)
 
-    return Setup(all_params, fixed, call_model, call_loss, sample_loss)
+    return Setup(all_params, fixed, call_loss, sample_loss)

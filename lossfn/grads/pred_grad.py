@@ -27,7 +27,7 @@ def check_loss_name(fn: str, loss: object) -> str:
 
 
 def derivative(residual: torch.Tensor, loss: str, delta: Param) -> torch.Tensor:
-    """``dℓ/dε`` elementwise for ``ℓ = ε²``, ``|ε|`` or ``ρ_δ(ε)``, with ``ε = ŷ − y``.
+    """``dℓ/dε`` elementwise for ``ℓ = ε²``, ``|ε|`` or ``ρ_δ(ε)``; ``ε = ŷ − y``.
 
     ``sign`` is 0 at 0 (torch's subgradient of ``|ε|``), and the clip keeps the
     quadratic branch at ``|ε| = δ`` (both sides agree there: ``±δ``).
@@ -50,7 +50,7 @@ def pred_grad(
     reduction: str = "mean",
     weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    r"""``∂L/∂ŷ`` of :func:`lossfn.mse`, :func:`lossfn.mae` or :func:`lossfn.huber`, in closed form.
+    r"""``∂L/∂ŷ`` of mse, mae or huber (:mod:`lossfn.losses`) in closed form.
 
     With ``ε = ŷ − y`` and ``m`` elements, for ``reduction="mean"``:
 

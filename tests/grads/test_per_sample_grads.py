@@ -60,21 +60,23 @@ def test_matches_loop_with_buffers(loss):
     assert got["0.weight"].shape == (N, 6, D)
 
 
-def test_float64_and_multi_output():
+@pytest.mark.parametrize("method", ["outer", "vmap"])
+def test_float64_and_multi_output(method):
     model = nn.Sequential(nn.Linear(D, 4), nn.GELU(), nn.Linear(4, 3)).double()
     x, y = data(torch.float64, out=3)
-    got = lossfn.per_sample_grads(model, x, y)
+    got = lossfn.per_sample_grads(model, x, y, method=method)
     assert got["2.weight"].dtype == torch.float64
     assert_dicts_close(got, loop_grads(model, x, y, lossfn.mse), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("criterion", [lossfn.nn.GaussianNLLLoss, lossfn.nn.LaplaceNLLLoss,
                                        lossfn.nn.HuberNLLLoss])
-def test_learned_scale_gets_per_sample_grads(criterion):
+@pytest.mark.parametrize("method", ["outer", "vmap"])
+def test_learned_scale_gets_per_sample_grads(criterion, method):
     model = nn.Linear(D, 1)
     crit = criterion(scale=1.5, learn_scale=True)
     x, y = data()
-    got = lossfn.per_sample_grads(model, x, y, loss=crit)
+    got = lossfn.per_sample_grads(model, x, y, loss=crit, method=method)
     assert list(got) == ["weight", "bias", "loss.log_scale"]
     want = loop_grads(model, x, y, crit, extra=[("loss.log_scale", crit.log_scale)])
     assert_dicts_close(got, want, rtol=1e-5, atol=1e-6)
@@ -102,11 +104,12 @@ def test_params_override_for_module_and_criterion():
     torch.testing.assert_close(got["weight"], ((1.0 - y) * x).unsqueeze(1))
 
 
-def test_frozen_parameters_are_left_out():
+@pytest.mark.parametrize("method", ["outer", "vmap"])
+def test_frozen_parameters_are_left_out(method):
     model = nn.Sequential(nn.Linear(D, 3), nn.ReLU(), nn.Linear(3, 1))
     model[0].weight.requires_grad_(False)
     x, y = data()
-    got = lossfn.per_sample_grads(model, x, y)
+    got = lossfn.per_sample_grads(model, x, y, method=method)
     assert list(got) == ["0.bias", "2.weight", "2.bias"]
     assert_dicts_close(got, loop_grads(model, x, y, lossfn.mse), rtol=1e-5, atol=1e-6)
 
@@ -125,6 +128,44 @@ def test_pure_function_model():
     torch.testing.assert_close(got["w"], (torch.sign(eps) * torch.cos(x @ w) * x).unsqueeze(-1))
 
 
+def test_composes_with_an_outer_grad():
+    # A gradient penalty Σ_i ‖g_i‖² for f(x) = x·w under mse: g_i = 2ε_i x_i, so
+    # its gradient in w is Σ_i 8 ε_i ‖x_i‖² x_i.
+    x, y = data(torch.float64)
+    w = torch.randn(D, 1, dtype=torch.float64)
+
+    def penalty(w):
+        grads = lossfn.per_sample_grads(lambda p, x: x @ p["w"], x, y, params={"w": w})
+        return grads["w"].square().sum()
+
+    eps = x @ w - y
+    want = (8 * eps * x.square().sum(1, keepdim=True) * x).sum(0, keepdim=True).T
+    torch.testing.assert_close(torch.func.grad(penalty)(w), want)
+
+
+def test_outer_path_composes_with_an_outer_grad():
+    # The same penalty through a module (the "outer" path) with params given.
+    x, y = data(torch.float64)
+    model = nn.Linear(D, 1, bias=False).double()
+    w = torch.randn(1, D, dtype=torch.float64)
+
+    def penalty(w):
+        grads = lossfn.per_sample_grads(model, x, y, params={"weight": w}, method="outer")
+        return grads["weight"].square().sum()
+
+    eps = x @ w.T - y
+    want = (8 * eps * x.square().sum(1, keepdim=True) * x).sum(0, keepdim=True)
+    torch.testing.assert_close(torch.func.grad(penalty)(w), want)
+
+
+def test_paths_are_chosen_and_refused():
+    x, y = data()
+    with pytest.raises(ValueError, match=r"method='outer'.*'1' is a BatchNorm1d"):
+        lossfn.per_sample_grads(mlp_with_batchnorm(), x, y, method="outer")
+    with pytest.raises(ValueError, match="method must be one of"):
+        lossfn.per_sample_grads(nn.Linear(D, 1), x, y, method="ghost")
+
+
 def test_chunk_size_gives_the_same_result():
     model = mlp_with_batchnorm()
     x, y = data()
@@ -140,8 +181,9 @@ def test_empty_batch():
     assert got["weight"].shape == (0, 2, D)
 
 
+@pytest.mark.parametrize("method", ["outer", "vmap"])
 @pytest.mark.parametrize("hidden", [None, 7])
-def test_against_opacus(hidden):
+def test_against_opacus(hidden, method):
     opacus = pytest.importorskip("opacus")
     torch.manual_seed(3)
     if hidden is None:
@@ -149,7 +191,7 @@ def test_against_opacus(hidden):
     else:
         model = nn.Sequential(nn.Linear(D, hidden), nn.ReLU(), nn.Linear(hidden, 1))
     x, y = data()
-    got = lossfn.per_sample_grads(model, x, y)
+    got = lossfn.per_sample_grads(model, x, y, method=method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gsm = opacus.GradSampleModule(model, loss_reduction="sum")
@@ -201,6 +243,8 @@ def test_other_bad_arguments():
         lossfn.per_sample_grads(lambda p, x: x, x, y)
     with pytest.raises(ValueError, match="BatchNorm in training mode.*model.eval"):
         lossfn.per_sample_grads(mlp_with_batchnorm().train(), x, y)
+    with pytest.raises(ValueError, match="Dropout in training mode.*model.eval"):
+        lossfn.per_sample_grads(nn.Sequential(nn.Linear(D, 1), nn.Dropout(0.2)), x, y)
     with pytest.raises(ValueError, match="scalar for one sample.*'none'"):
         lossfn.per_sample_grads(model, x, y, loss=lossfn.nn.MSELoss(reduction="none"))
     with pytest.raises(ValueError, match="chunk_size"):
@@ -219,3 +263,44 @@ def test_inputs_are_not_mutated():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_vmap_over_datasets_matches_one_at_a_time():
+    g = torch.Generator().manual_seed(6)
+    xs, ys = torch.randn(3, N, D, generator=g), torch.randn(3, N, 1, generator=g)
+    w = torch.randn(D, 1, generator=g)
+
+    def one(x, y):
+        return lossfn.per_sample_grads(lambda p, x: torch.tanh(x @ p["w"]), x, y,
+                                       params={"w": w})["w"]
+
+    mapped = torch.func.vmap(one)(xs, ys)
+    torch.testing.assert_close(mapped, torch.stack([one(x, y) for x, y in zip(xs, ys)]))
+
+
+def test_auto_takes_the_outer_path_for_linear_stacks_only(monkeypatch):
+    import lossfn.grads.persample as persample
+
+    calls = []
+    real = persample._outer
+    monkeypatch.setattr(persample, "_outer", lambda *a: calls.append(1) or real(*a))
+    x, y = data()
+    mlp = nn.Sequential(nn.Linear(D, 3), nn.ReLU(), nn.Linear(3, 1))
+    lossfn.per_sample_grads(mlp, x, y)
+    assert calls == [1]
+    lossfn.per_sample_grads(mlp_with_batchnorm(), x, y)
+    lossfn.per_sample_grads(mlp, x, y, method="vmap")
+    assert calls == [1]
+
+
+def test_outer_path_under_vmap_over_datasets():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(D, 3), nn.Tanh(), nn.Linear(3, 1))
+    xs, ys = torch.randn(2, N, D), torch.randn(2, N, 1)
+
+    def one(x, y):
+        return lossfn.per_sample_grads(model, x, y, method="outer")["0.weight"]
+
+    mapped = torch.func.vmap(one)(xs, ys)
+    want = torch.stack([loop_grads(model, x, y, lossfn.mse)["0.weight"] for x, y in zip(xs, ys)])
+    torch.testing.assert_close(mapped, want, rtol=1e-5, atol=1e-6)
