@@ -1,7 +1,9 @@
 """The lossfn command line: outputs against independent arithmetic, and every bad input."""
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
 import subprocess
@@ -78,13 +80,27 @@ def test_sample_dataset_json_schema(tmp_path, capsys):
     assert "gaussian" in stdout and "outliers" in stdout
 
 
-def test_recommendation_and_numbers_on_clear_cases(clear_cases, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def clear_run(clear_cases, tmp_path_factory):
+    """One ``lossfn fit`` of the clear cases into a folder holding an old results file."""
     path, data = clear_cases
-    out = tmp_path / "r.json"
-    code, _, err = run(["fit", path, "--x", "dose", "--y", "resp", "--group", "site", "--out", out,
-                        "--quiet"], capsys)
-    assert code == 0 and err == ""
-    records = {r["group"]: r for r in json.loads(out.read_text())}
+    folder = tmp_path_factory.mktemp("out")
+    out = folder / "r.json"
+    out.write_text("old contents")
+    before = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["fit", str(path), "--x", "dose", "--y", "resp", "--group", "site",
+                     "--out", str(out), "--quiet"])
+    after = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+            "records": {r["group"]: r for r in json.loads(out.read_text())},
+            "folder": folder, "hashes": (before, after), "data": data}
+
+
+def test_recommendation_and_numbers_on_clear_cases(clear_run):
+    assert clear_run["code"] == 0 and clear_run["stderr"] == "" and clear_run["stdout"] == ""
+    records, data = clear_run["records"], clear_run["data"]
     assert records["g"]["recommended"] == "mse"
     assert records["l"]["recommended"] == "mae"
     assert records["o"]["recommended"] in ("mae", "huber")
@@ -103,13 +119,9 @@ def test_recommendation_and_numbers_on_clear_cases(clear_cases, tmp_path, capsys
         assert r["loglik"]["laplace"] == pytest.approx(stats.laplace.logpdf(res, loc, b).sum(), rel=1e-8)
 
 
-def test_batched_groups_equal_groups_fitted_alone(clear_cases, tmp_path, capsys):
-    path, data = clear_cases
-    together = tmp_path / "all.json"
-    run(["fit", path, "--x", "dose", "--y", "resp", "--group", "site", "--out", together, "--quiet"],
-        capsys)
-    records = {r["group"]: r for r in json.loads(together.read_text())}
-    x, y = data["l"]
+def test_batched_groups_equal_groups_fitted_alone(clear_run, tmp_path, capsys):
+    records = clear_run["records"]
+    x, y = clear_run["data"]["l"]
     alone_csv = write_csv(tmp_path / "l.csv", ["dose", "resp"], [r[1:] for r in lines(x, y, "l")])
     alone = tmp_path / "l.json"
     run(["fit", alone_csv, "--x", "dose", "--y", "resp", "--out", alone, "--quiet"], capsys)
@@ -137,17 +149,12 @@ def test_csv_output_has_the_json_fields_flattened(tmp_path, capsys):
         assert row["recommended"] == record["recommended"]
 
 
-def test_input_unchanged_output_atomic_and_replaced(clear_cases, tmp_path, capsys):
-    path, _ = clear_cases
-    before = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    out = tmp_path / "r.json"
-    out.write_text("old contents")
-    code, _, _ = run(["fit", path, "--x", "dose", "--y", "resp", "--group", "site", "--out", out,
-                      "--quiet"], capsys)
-    assert code == 0
-    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == before
-    assert json.loads(out.read_text())[0]["group"] in ("g", "l", "o")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary file left
+def test_input_unchanged_output_atomic_and_replaced(clear_run):
+    before, after = clear_run["hashes"]
+    assert before == after
+    # The old results file was replaced, and no temporary file is left beside it.
+    assert sorted(p.name for p in clear_run["folder"].iterdir()) == ["r.json"]
+    assert set(clear_run["records"]) == {"g", "l", "o"}
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, capsys, monkeypatch):
