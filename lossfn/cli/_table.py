@@ -119,20 +119,26 @@ def _column(table: Table, name: str, option: str) -> int:
 
 
 def _numbers(table: Table, values: Sequence[str], lines: Sequence[int], name: str) -> np.ndarray:
-    out = np.empty(len(values), dtype=np.float64)
-    for i, (cell, line) in enumerate(zip(values, lines)):
-        try:
-            out[i] = float(cell)
-        except ValueError:
-            raise CLIError(
-                f"{table.source}: column {name!r}, row {line} holds {cell!r}, which is not a "
-                "number; fix the cell or leave it empty to drop the row."
-            ) from None
-        if not np.isfinite(out[i]):
-            raise CLIError(
-                f"{table.source}: column {name!r}, row {line} holds {cell!r}; values must be "
-                "finite numbers."
-            )
+    try:
+        out = np.asarray(values, dtype=np.float64)  # numpy parses the strings in one call
+    except ValueError:
+        out = None
+    if out is None or not np.isfinite(out).all():
+        # Slow path, only to name the first bad cell.
+        for cell, line in zip(values, lines):
+            try:
+                number = float(cell)
+            except ValueError:
+                raise CLIError(
+                    f"{table.source}: column {name!r}, row {line} holds {cell!r}, which is not "
+                    "a number; fix the cell or leave it empty to drop the row."
+                ) from None
+            if not np.isfinite(number):
+                raise CLIError(
+                    f"{table.source}: column {name!r}, row {line} holds {cell!r}; values must "
+                    "be finite numbers."
+                )
+        out = np.array([float(cell) for cell in values], dtype=np.float64)
     return out
 
 
