@@ -6,14 +6,16 @@ prints the Monte Carlo efficiency table of the location estimators. Bad input
 gives one line on stderr and exit code 2, never a traceback.
 
 Example:
-    >>> from lossfn.cli import main
-    >>> main(["fit", "--quiet"])   # the sample data, nothing printed
-    0
+    >>> from lossfn.cli import build_parser
+    >>> args = build_parser().parse_args(["fit", "data.csv", "--x", "dose", "--y", "response"])
+    >>> args.data, args.x, args.y, args.group, args.delta
+    ('data.csv', 'dose', 'response', None, 1.345)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Optional, Sequence
 
@@ -113,7 +115,7 @@ def _say(line: str) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     from . import _fit, _output, _table
 
-    if args.delta <= 0 or args.delta != args.delta:
+    if not (args.delta > 0 and math.isfinite(args.delta)):
         raise CLIError(f"--delta must be a number > 0, got {args.delta}.")
     out = _output.check_destination(args.out, "--out", _output.OUTPUT_FORMATS) if args.out else None
     plot = (_output.check_destination(args.plot, "--plot", (".png", ".pdf", ".svg"))
