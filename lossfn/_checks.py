@@ -20,6 +20,8 @@ __all__ = [
     "check_pair",
     "check_weight",
     "check_mask",
+    "broadcasts_to",
+    "squeeze_hint",
     "as_parameter",
     "check_regression_data",
     "check_design",
@@ -61,11 +63,13 @@ def check_float_tensor(fn: str, name: str, value: object) -> torch.Tensor:
     return value
 
 
-def _squeeze_hint(a: torch.Size, b: torch.Size) -> str:
+def squeeze_hint(a: torch.Size, b: torch.Size, names=("pred", "target")) -> str:
+    """The likely fix for two shapes that should be equal, naming the tensors."""
+    first, second = names
     if len(a) == len(b) + 1 and a[-1] == 1 and a[:-1] == b:
-        return "pred has a trailing dimension of size 1: use pred.squeeze(-1)."
+        return f"{first} has a trailing dimension of size 1: use {first}.squeeze(-1)."
     if len(b) == len(a) + 1 and b[-1] == 1 and b[:-1] == a:
-        return "target has a trailing dimension of size 1: use target.squeeze(-1)."
+        return f"{second} has a trailing dimension of size 1: use {second}.squeeze(-1)."
     if len(a) == len(b) and sorted(a) == sorted(b):
         return "the dimensions look permuted: check the order of the axes."
     return "reshape one of them so that both have the same shape."
@@ -80,8 +84,16 @@ def check_pair(fn: str, pred: object, target: object) -> None:
             f"{fn}: pred and target must have the same shape, got pred "
             f"{tuple(pred.shape)} and target {tuple(target.shape)}; lossfn does "
             f"not broadcast them (torch only warns and pairs the wrong elements). "
-            f"Fix: {_squeeze_hint(pred.shape, target.shape)}"
+            f"Fix: {squeeze_hint(pred.shape, target.shape)}"
         )
+
+
+def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` by NumPy rules without enlarging it."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def check_weight(fn: str, weight: Optional[torch.Tensor], shape: torch.Size) -> None:
@@ -89,11 +101,7 @@ def check_weight(fn: str, weight: Optional[torch.Tensor], shape: torch.Size) -> 
     if weight is None:
         return
     check_float_tensor(fn, "weight", weight)
-    try:
-        out = torch.broadcast_shapes(weight.shape, shape)
-    except RuntimeError:
-        out = None
-    if out != shape:
+    if not broadcasts_to(weight.shape, shape):
         raise ShapeError(
             f"{fn}: weight of shape {tuple(weight.shape)} must broadcast to the "
             f"per-element loss of shape {tuple(shape)} without enlarging it. "
@@ -112,11 +120,7 @@ def check_mask(fn: str, mask: Optional[torch.Tensor], shape: torch.Size) -> None
             f"{got}. Build it with a comparison, e.g. mask = lengths[..., None] > "
             "torch.arange(m)."
         )
-    try:
-        out = torch.broadcast_shapes(mask.shape, shape)
-    except RuntimeError:
-        out = None
-    if out != shape:
+    if not broadcasts_to(mask.shape, shape):
         raise ShapeError(
             f"{fn}: mask of shape {tuple(mask.shape)} must broadcast to the data's "
             f"shape {tuple(shape)} (batch dims ..., then m points)."

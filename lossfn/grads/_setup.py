@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .._checks import _squeeze_hint, check_float_tensor
+from .._checks import check_float_tensor, squeeze_hint
 from .._errors import ShapeError
 
 __all__ = ["LOSS_PREFIX", "Setup", "prepare", "check_output"]
@@ -49,7 +49,7 @@ def check_output(fn: str, out_shape: torch.Size, target_shape: torch.Size) -> No
         raise ShapeError(
             f"{fn}: the model's output has shape {tuple(out_shape)} but targets have "
             f"shape {tuple(target_shape)}; they must be equal (sample i's output is "
-            f"compared with targets[i]). Fix: {_squeeze_hint(out_shape, target_shape)} "
+            f"compared with targets[i]). Fix: {squeeze_hint(out_shape, target_shape, names=('output', 'targets'))} "
             "For a model that ends in nn.Linear(k, 1), pass targets.unsqueeze(-1) or "
             "squeeze the model's output."
         )
