@@ -183,12 +183,12 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         aug = zero_absent(aug - first.unsqueeze(-1), rows)
         offset = aug.sum(-1) / n.unsqueeze(-1)
         means = first + offset
-        floor = noise_floor(means[..., :d], n.unsqueeze(-1))
+        centres = means[..., :d]
     else:
         aug = zero_absent(aug, rows)
         offset = None
-        floor = torch.zeros_like(aug[..., :d, 0])
-    sol = solve_centred(aug, offset, n, floor)
+        centres = torch.zeros_like(aug[..., :d, 0])
+    sol = solve_centred(aug, offset, n, centres)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()

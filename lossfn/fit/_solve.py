@@ -25,9 +25,10 @@ working-precision residual it changed no NIST LRE by more than its own noise.
 
 Rank deficiency is decided on the scaled design: the smallest singular value of
 ``A`` is bounded below by ``1/‖R⁻¹‖_F`` (``R = L₁ᵀR₀``), and a design whose bound
-falls under ``eps·max(n, d)·√d`` (numpy's ``matrix_rank`` rule with
-``σ_max ≤ ‖A‖_F = √d``), or whose Cholesky factorizations break down, is
-reported as rank deficient: never truncated silently.
+falls under ``eps·(max(n, d)·√d + 10·√(Σ_j 1 + (x̄_j/rms_j)²))`` (numpy's
+``matrix_rank`` rule plus the rounding noise that column offsets leave after
+centring), or whose Cholesky factorizations break down, is reported as rank
+deficient: never truncated silently.
 
 References:
     Fukaya, Kannan, Nakatsukasa, Zhang, Yamamoto (2020), "Shifted Cholesky QR for
@@ -41,6 +42,8 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+
+from ._design import noise_floor
 
 __all__ = ["Solution", "solve_centred"]
 
@@ -69,15 +72,16 @@ def solve_centred(
     aug: torch.Tensor,
     offset: Optional[torch.Tensor],
     n: torch.Tensor,
-    floor: torch.Tensor,
+    means: torch.Tensor,
 ) -> Solution:
     """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., d+1, m).
 
     The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., d+1)
     or None for 0): the centring correction is applied in the small (d+1)²
     algebra instead of another pass over the data. Absent rows must be 0.
-    Columns of ``X`` whose norm is not above ``floor`` (..., d) count as zero,
-    which makes the design rank deficient.
+    ``means`` (..., d) are the column means the centring removed (0 without
+    an intercept): they set the rounding noise of each centred column. Columns
+    at that noise level count as zero, which makes the design rank deficient.
     """
     d, m = aug.shape[-2] - 1, aug.shape[-1]
     eps = torch.finfo(aug.dtype).eps
@@ -85,7 +89,7 @@ def solve_centred(
 
     gram = _gram(aug, offset, n)
     norms = torch.diagonal(gram[..., :d, :d], dim1=-2, dim2=-1).sqrt()
-    live = norms > floor
+    live = norms > noise_floor(means, n.unsqueeze(-1))
     scale = torch.where(live, 1 / norms, 0.0)
     gram_scaled = scale.unsqueeze(-1) * gram[..., :d, :d] * scale.unsqueeze(-2)
     shift = 11 * (m * d + d * (d + 1)) * eps * d
@@ -115,6 +119,12 @@ def solve_centred(
     l1_inv_t = torch.linalg.solve_triangular(l1, t.mT, upper=False)  # L₁⁻¹Tᵀ
     scaled_factor = torch.linalg.solve_triangular(l1, r0_inv.mT, upper=False)
     sigma_min_bound = 1 / torch.linalg.matrix_norm(scaled_factor)
-    tol = eps * torch.clamp(n, min=d) * d**0.5
+    # Two noise sources bound what can be told from 0: the algorithm's own
+    # rounding, eps·max(n, d)·√d (numpy's matrix_rank rule with ‖A‖_F = √d),
+    # and the data's: entries known to eps relative leave, after centring and
+    # scaling, a perturbation of Frobenius norm eps·√(Σ_j 1 + (x̄_j/rms_j)²).
+    offset_ratio = torch.where(live, means.abs() * n.unsqueeze(-1).sqrt() * scale, 0.0)
+    data_noise = (1 + offset_ratio.square()).sum(-1).sqrt()
+    tol = eps * (torch.clamp(n, min=d) * d**0.5 + 10 * data_noise)
     full_rank = (info0 == 0) & (info1 == 0) & live.all(-1) & (sigma_min_bound > tol)
     return Solution(coef.squeeze(-1), ssr, gram[..., d, d], l1_inv_t.mT, full_rank)

@@ -285,3 +285,21 @@ def test_bad_arguments_raise_clearly(x, y, kwargs, error, words):
         fit.ols(x, y, **kwargs)
     assert words in str(info.value)
     assert "ols" in str(info.value) or error is TypeError
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_decision_accounts_for_offsets(dtype):
+    """x₂ = 3x₀ − 2x₁ + 100 on offset data is collinear up to the rounding of the
+    offsets: flagged. The same offsets without the collinearity fit fine."""
+    gen = torch.Generator().manual_seed(9)
+    spread = torch.tensor([1e-2, 3e-2, 1.0], dtype=torch.float64)
+    x = (100 + torch.randn(2, 40, 3, generator=gen, dtype=torch.float64) * spread)
+    x[1, :, 2] = 3 * x[1, :, 0] - 2 * x[1, :, 1] + 100
+    y = x @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.01 * torch.randn(
+        2, 40, generator=gen, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    res = fit.ols(x, y)
+    assert res.ok.tolist() == [True, False]
+    ref = sm.OLS(y[0].double().numpy(), sm.add_constant(x[0].double().numpy())).fit()
+    rtol = 1e-9 if dtype == torch.float64 else 5e-2
+    np.testing.assert_allclose(res.slope[0].double().numpy(), ref.params[1:], rtol=rtol)
