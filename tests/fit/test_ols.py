@@ -191,13 +191,13 @@ def test_two_points_exact_line_has_nan_stderr():
     assert torch.isnan(res.stderr).all()
 
 
-@pytest.mark.parametrize("shape", ["simple", "multiple", "origin"])
+@pytest.mark.parametrize("shape", ["simple", "multiple", "origin", "multiple-origin"])
 def test_vmap_equals_batched(shape):
     gen = torch.Generator().manual_seed(6)
     x, y = _random_batch(gen, 4, 15, 2)
-    x = x[..., 0] if shape != "multiple" else x
+    x = x if shape.startswith("multiple") else x[..., 0]
     mask = torch.rand(4, 15, generator=gen) < 0.8
-    intercept = shape != "origin"
+    intercept = not shape.endswith("origin")
     batched = fit.ols(x, y, mask=mask, intercept=intercept)
     mapped = torch.func.vmap(lambda a, b, c: fit.ols(a, b, mask=c, intercept=intercept))(x, y, mask)
     for field, a, b in zip(batched._fields, batched, mapped):
@@ -260,6 +260,16 @@ def test_gradient_flows_through_the_fit():
     g = torch.func.grad(lambda v: fit.ols(x, v).slope)(y)
     centred = x - x.mean()
     torch.testing.assert_close(g, centred / (centred**2).sum())
+
+
+def test_jacobian_of_the_multiple_fit():
+    """d slope / d y is the pseudo-inverse of the centred design (a linear map)."""
+    gen = torch.Generator().manual_seed(10)
+    x, y = _random_batch(gen, 1, 12, 3)
+    x, y = x[0], y[0]
+    jac = torch.func.jacrev(lambda v: fit.ols(x, v).slope)(y)
+    centred = (x - x.mean(0)).numpy()
+    np.testing.assert_allclose(jac.numpy(), np.linalg.pinv(centred), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize(
