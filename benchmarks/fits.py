@@ -12,7 +12,9 @@ Simple regression (B datasets × m points, float32 and float64):
 Multiple regression (B = 1000, m = 500, d = 5 and 20): ``fit.ols`` against
 batched ``torch.linalg.lstsq`` with an intercept column.
 
-Every number is the median of ``--repeats`` timed calls after one warm-up call.
+Every number is the median of ``--repeats`` timed calls after one warm-up call,
+by the wall clock (default) or, with ``--clock cpu``, by the process's CPU time,
+which is steadier on a shared machine (use it with ``--threads 1``).
 Targets (issue 3): ≥ 2× faster than lstsq and ≥ 100× faster than the statsmodels
 loop for simple regression, within 8× of the read-once floor; ≥ 3× faster
 than lstsq for multiple regression.
@@ -38,13 +40,16 @@ import torch
 from lossfn import fit
 
 
+CLOCK = time.perf_counter
+
+
 def median_seconds(call: Callable[[], object], repeats: int) -> float:
     call()  # warm-up: allocator, thread pool, lazy imports
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         call()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -106,7 +111,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per entry")
     parser.add_argument("--loop-datasets", type=int, default=None,
                         help="datasets timed in the scipy/statsmodels loops")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default) or process CPU time")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtypes = (torch.float32, torch.float64)
     if args.quick:
         shapes, repeats, loops, multi = [(200, 100), (20, 1000)], 3, 20, (100, 200)
@@ -115,7 +127,7 @@ def main() -> None:
     repeats = args.repeats or repeats
     loops = args.loop_datasets or loops
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.clock} clock, "
           f"median of {repeats} calls, milliseconds per batch")
     print("\nSimple regression (targets: >= 2x lstsq, >= 100x statsmodels, <= 8x floor)")
     head = (f"{'B x m':>11} {'dtype':>8} {'ols':>9} {'lstsq':>9} {'linregress':>10} "
