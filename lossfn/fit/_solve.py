@@ -59,8 +59,8 @@ class Solution(NamedTuple):
 def _gram(a: torch.Tensor, offset: Optional[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
     """Gram matrix of the rows of ``a − offset·1ᵀ`` (a is (..., k, m)): ``aaᵀ − n·offset·offsetᵀ``.
 
-    ``offset`` is the tiny column mean left after a one-pass centring, so the
-    rank-one correction is far below the rounding error of ``aᵀa`` itself.
+    ``offset`` is the tiny row mean left after a one-pass centring, so the
+    rank-one correction is far below the rounding error of ``aaᵀ`` itself.
     """
     gram = a @ a.mT
     if offset is None:
