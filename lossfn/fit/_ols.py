@@ -181,7 +181,7 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         # One-pass centring on the first-pass mean; the tiny mean that is
         # left (``offset``) is removed exactly in the solver's small algebra.
         first = zero_absent(aug, rows).sum(-1) / n.unsqueeze(-1)
-        aug = zero_absent(aug - first.unsqueeze(-1), rows)
+        aug = zero_absent(aug.sub_(first.unsqueeze(-1)), rows)  # aug is ours: in place
         offset = aug.sum(-1) / n.unsqueeze(-1)
         means = first + offset
         centres = means[..., :d]

@@ -13,9 +13,9 @@ of a QR factorization:
    Gram matrix ``G₁ = Q₁ᵀQ₁`` is formed from the data again, not from ``AᵀA``,
    and ``L₁L₁ᵀ = G₁``. This is the second pass of CholeskyQR2:
    ``X = Q·R`` with ``R = L₁ᵀR₀S⁻¹``.
-4. ``β = T·G₁⁻¹·Q₁ᵀb``, and the sum of squares from the residual ``b − Xβ``
-   itself (``‖b‖² − ‖Qᵀb‖²`` would cancel when ``r² ≈ 1`` and cannot see an
-   exact fit such as Wampler1).
+4. ``β = T·γ`` with ``γ = G₁⁻¹·Q₁ᵀb``, and the sum of squares from the
+   residual ``b − Q₁γ`` itself (``‖b‖² − γᵀQ₁ᵀb`` would cancel when ``r² ≈ 1``
+   and cannot see an exact fit such as Wampler1).
 
 The response rides along as the last row of ``[X b]ᵀ`` (..., d+1, m), so three
 ``bmm`` calls over the data give ``XᵀX``, ``Xᵀb``, ``bᵀb``, ``Q₁ᵀQ₁``, ``Q₁ᵀb``,
@@ -100,18 +100,21 @@ def solve_centred(
     # [Q₁ b]ᵀ = diag(T, 1)ᵀ·[X b]ᵀ: one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
     t_aug = torch.nn.functional.pad(t, (0, 1, 0, 1))
     t_aug[..., d, d] = 1
+    q_aug = t_aug.mT @ aug
     q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_aug).squeeze(-2)
-    gram1 = _gram(t_aug.mT @ aug, q_offset, n)
+    gram1 = _gram(q_aug, q_offset, n)
     l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
-    coef = t @ torch.cholesky_solve(gram1[..., :d, d:], l1)
+    gamma = torch.cholesky_solve(gram1[..., :d, d:], l1)  # Xβ = Q₁γ
+    coef = t @ gamma
 
-    # The sum of squares from the residuals themselves: ‖b‖² − ‖Q₁ᵀb‖²_{G₁⁻¹}
-    # would cancel when r² ≈ 1 and cannot see an exact fit (Wampler1).
-    weights = torch.cat([-coef, torch.ones_like(coef[..., :1, :])], dim=-2)
-    residual = (weights.mT @ aug).squeeze(-2)
+    # The sum of squares from the residuals b − Q₁γ themselves: ‖b‖² − γᵀQ₁ᵀb
+    # would cancel when r² ≈ 1 and cannot see an exact fit (Wampler1). Q₁ is
+    # well conditioned, so this loses no more than b − Xβ would.
+    weights = torch.cat([-gamma, torch.ones_like(gamma[..., :1, :])], dim=-2)
+    residual = (weights.mT @ q_aug).squeeze(-2)
     ssr = torch.linalg.vecdot(residual, residual)
-    if offset is not None:
-        mean_residual = (offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
+    if q_offset is not None:
+        mean_residual = (q_offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
         ssr = ssr - n * mean_residual * mean_residual
     ssr = ssr.clamp(min=0)  # an exact fit may round to -0.0…1e-30
 

@@ -313,3 +313,19 @@ def test_rank_decision_accounts_for_offsets(dtype):
     ref = sm.OLS(y[0].double().numpy(), sm.add_constant(x[0].double().numpy())).fit()
     rtol = 1e-9 if dtype == torch.float64 else 5e-2
     np.testing.assert_allclose(res.slope[0].double().numpy(), ref.params[1:], rtol=rtol)
+
+
+def test_gradient_through_the_multiple_fit_with_a_mask():
+    """Autograd (not only torch.func) through the masked multiple fit: d SSR / d y = 2r."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = _random_batch(gen, 2, 10, 2)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    y = y.clone().requires_grad_(True)
+    res = fit.ols(x, y, mask=mask)
+    (res.sigma2 * res.n).sum().backward()
+    for k, length in enumerate([10, 7]):
+        design = sm.add_constant(x[k, :length].numpy())
+        resid = sm.OLS(y[k, :length].detach().numpy(), design).fit().resid
+        np.testing.assert_allclose(y.grad[k, :length].numpy(), 2 * resid, rtol=1e-8, atol=1e-10)
+        assert torch.all(y.grad[k, length:] == 0)
