@@ -20,6 +20,7 @@ __all__ = [
     "check_pair",
     "check_weight",
     "check_mask",
+    "squeeze_hint",
     "as_parameter",
     "check_regression_data",
 ]
@@ -60,11 +61,13 @@ def check_float_tensor(fn: str, name: str, value: object) -> torch.Tensor:
     return value
 
 
-def _squeeze_hint(a: torch.Size, b: torch.Size) -> str:
+def squeeze_hint(a: torch.Size, b: torch.Size, names=("pred", "target")) -> str:
+    """The likely fix for two shapes that should be equal, naming the tensors."""
+    first, second = names
     if len(a) == len(b) + 1 and a[-1] == 1 and a[:-1] == b:
-        return "pred has a trailing dimension of size 1: use pred.squeeze(-1)."
+        return f"{first} has a trailing dimension of size 1: use {first}.squeeze(-1)."
     if len(b) == len(a) + 1 and b[-1] == 1 and b[:-1] == a:
-        return "target has a trailing dimension of size 1: use target.squeeze(-1)."
+        return f"{second} has a trailing dimension of size 1: use {second}.squeeze(-1)."
     if len(a) == len(b) and sorted(a) == sorted(b):
         return "the dimensions look permuted: check the order of the axes."
     return "reshape one of them so that both have the same shape."
@@ -79,7 +82,7 @@ def check_pair(fn: str, pred: object, target: object) -> None:
             f"{fn}: pred and target must have the same shape, got pred "
             f"{tuple(pred.shape)} and target {tuple(target.shape)}; lossfn does "
             f"not broadcast them (torch only warns and pairs the wrong elements). "
-            f"Fix: {_squeeze_hint(pred.shape, target.shape)}"
+            f"Fix: {squeeze_hint(pred.shape, target.shape)}"
         )
 
 
