@@ -121,14 +121,13 @@ def _finish(
     slopes = beta if data.simple else beta.sum(-1)
     ok = full_rank & (n >= p) & torch.isfinite(alpha + slopes + ssr)
     r2 = 1 - ssr / total
-
-    def guard(v: torch.Tensor) -> torch.Tensor:
-        flag = ok if v.dim() == ok.dim() else ok.unsqueeze(-1)
-        return torch.where(flag, v, torch.nan)
-
+    # 0 for a good dataset, nan for a failed one: adding it leaves good values
+    # bit-exact and turns every field of a failed one into nan.
+    poison = torch.where(ok, 0.0, torch.nan).to(alpha.dtype)
+    per_coef = poison if data.simple else poison.unsqueeze(-1)
     return OLSFit(
-        guard(alpha), guard(beta), guard(ssr / n), guard(stderr), guard(r2),
-        n.to(torch.int64), ok,
+        alpha + poison, beta + per_coef, ssr / n + poison, stderr + poison.unsqueeze(-1),
+        r2 + poison, n.to(torch.int64), ok,
     )
 
 
