@@ -64,12 +64,12 @@ def ols(
 
     One predictor uses the centred closed form above (shifted sums: accurate
     with large offsets, even in float32). Several predictors are centred,
-    scaled to unit norm and solved by a shifted-CholeskyQR-preconditioned
-    refinement (:mod:`lossfn.fit._solve`) that reaches QR accuracy on the NIST
-    StRD problems (Filip included) while working on Gram matrices, which batch
-    far better than ``torch.linalg.lstsq``. Degenerate datasets give nan fields
-    and ``ok=False``; they never raise and never touch the other datasets.
-    Runs under ``torch.func.vmap``; dtype and device follow the inputs.
+    scaled to unit norm and solved by shifted CholeskyQR2 on batched Gram
+    matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
+    StRD problems (Filip included) and never truncates the rank silently.
+    Degenerate datasets give nan fields and ``ok=False``; they never raise and
+    never touch the other datasets. Runs under ``torch.func.vmap`` and
+    autograd; dtype and device follow the inputs.
 
     Args:
         x: (..., m) one predictor, or (..., m, d) ``d`` predictors.
