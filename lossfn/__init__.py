@@ -4,7 +4,8 @@ Squared error is the Gaussian NLL, absolute error the Laplace NLL, Huber's loss
 the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nll`, :mod:`lossfn.location`) is pure and composes with
 ``torch.func``; :mod:`lossfn.noise` ties each loss to its density;
-:mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
+:mod:`lossfn.nn` holds thin ``nn.Module`` criteria; :mod:`lossfn.fit` the
+batched closed-form fits (OLS, the standardized line, location/scale).
 """
 
 from . import fit as fit
@@ -52,11 +53,11 @@ __all__ = [
     "pred_grad",
     "Shares",
     "shares",
+    "fit",
     "grads",
     "Contaminated",
     "location",
     "montecarlo",
     "nn",
-    "fit",
     "select",
 ]
