@@ -35,7 +35,7 @@ import torch
 
 from ..location import MAD_TO_SIGMA
 from ._prepare import independent_rows, median_abs, standardize, unstandardize
-from ._wls import solve_spd, weighted_gram, wls_step
+from ._wls import fitted, project, solve_spd, weighted_gram, wls_step
 
 __all__ = ["HuberFit", "huber"]
 
@@ -64,15 +64,11 @@ class HuberFit(NamedTuple):
     ok: torch.Tensor
 
 
-def _residual(X: torch.Tensor, y: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    return y - (X @ beta.unsqueeze(-1)).squeeze(-1)
-
-
-def _objective(X, y, w, beta, c):
-    """``Σ wᵢ ρ_c(rᵢ)``: the Huber objective at scale 1 and threshold ``c = δ·s``."""
-    a = _residual(X, y, beta).abs()
+def _objective(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``Σ ρ_c(rᵢ)``: the Huber objective at scale 1 and threshold ``c = δ·s``."""
+    a = r.abs()
     inner = torch.minimum(a, c)
-    return (w * inner * (a - inner / 2)).sum(-1)
+    return (inner * (a - inner / 2)).sum(-1)
 
 
 def huber(
@@ -138,9 +134,12 @@ def huber(
     def estimate_scale(r: torch.Tensor) -> torch.Tensor:
         return median_abs(r, present) / MAD_TO_SIGMA
 
-    beta = wls_step(X, yy, w, torch.zeros_like(X[..., 0, :]))
+    # Masked points have zero rows and responses: their residual is 0 at every
+    # β, so they add nothing to the sums below and need no weight of their own.
+    Xt = X.transpose(-1, -2).contiguous()
+    beta = wls_step(X, Xt, yy, w, torch.zeros_like(X[..., 0, :]))
     if scale is None:
-        s = estimate_scale(_residual(X, yy, beta))
+        s = estimate_scale(yy - fitted(Xt, beta))
     else:
         s = torch.as_tensor(scale, dtype=X.dtype, device=X.device).expand(batch)
         s = s / std.y_scale
@@ -149,17 +148,18 @@ def huber(
     iterations = torch.zeros_like(full_rank, dtype=torch.long)
     tiny = torch.finfo(X.dtype).tiny
     for _ in range(max_iter):
-        r = _residual(X, yy, beta)
-        c = (delta_t * s).unsqueeze(-1)
+        r = yy - fitted(Xt, beta)
+        a = r.abs()
+        c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
         # Both candidate steps solve (XᵀAX) Δ = Xᵀψ with ψ = clip(r, −c, c):
         # IRLS (A = min(1, c/|r|)) always descends; Newton (A = 1 on |r| ≤ c)
         # is exact once it sees the final inlier set. Keep the better one.
-        rhs = ((w * torch.minimum(torch.maximum(r, -c), c)).unsqueeze(-2) @ X).squeeze(-2)
-        irls = beta + solve_spd(weighted_gram(X, w * c / torch.maximum(r.abs(), c).clamp(min=tiny)), rhs)
-        newton = beta + solve_spd(weighted_gram(X, w * (r.abs() <= c).to(X.dtype)), rhs)
-        better = _objective(X, yy, w, newton, c) <= _objective(X, yy, w, irls, c)
+        rhs = project(X, torch.clamp(r, -c, c))
+        irls = beta + solve_spd(weighted_gram(X, Xt, c / torch.maximum(a, c)), rhs)
+        newton = beta + solve_spd(weighted_gram(X, Xt, (a <= c).to(X.dtype)), rhs)
+        better = _objective(yy - fitted(Xt, newton), c) <= _objective(yy - fitted(Xt, irls), c)
         new_beta = torch.where(better.unsqueeze(-1), newton, irls)
-        new_s = estimate_scale(_residual(X, yy, new_beta)) if scale is None else s
+        new_s = estimate_scale(yy - fitted(Xt, new_beta)) if scale is None else s
         step = (new_beta - beta).abs().amax(-1)
         size = torch.maximum(beta.abs().amax(-1), torch.ones_like(step))
         small = (step <= tol * size) & ((new_s - s).abs() <= tol * s)
