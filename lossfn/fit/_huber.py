@@ -71,6 +71,23 @@ def _objective(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (inner * (a - inner / 2)).sum(-1)
 
 
+def _aitken(s1, s2, s3):
+    """Aitken's Δ² extrapolation of the scale iteration, safeguarded.
+
+    With ``β`` re-solved at each scale, ``s ↦ median|r(β(s))|/Φ⁻¹(3/4)`` is
+    piecewise linear in ``s`` (within a fixed inlier set ``β(s)`` is linear in
+    ``s``), so from three successive steps inside one piece Δ² lands on the
+    fixed point. A jump that is not positive or moves more than ten times the
+    last step is discarded. The plain iteration then verifies convergence.
+    """
+    d1, d2 = s2 - s1, s3 - s2
+    curvature = d2 - d1
+    jump = torch.where(curvature != 0, d2 * d2 / torch.where(curvature != 0, curvature, 1.0), 0.0)
+    target = s3 - jump
+    sane = (curvature != 0) & (target > 0) & (jump.abs() <= 10 * d2.abs())
+    return torch.where(sane, target, s3)
+
+
 def huber(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -79,7 +96,7 @@ def huber(
     scale: Union[None, float, torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     intercept: bool = True,
-    max_iter: int = 100,
+    max_iter: int = 30,
     tol: Optional[float] = None,
 ) -> HuberFit:
     r"""Huber M-estimate of a linear regression, many datasets at once.
@@ -100,7 +117,8 @@ def huber(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit an intercept (default) or force the line through 0.
-        max_iter: IRLS steps, the same for every dataset.
+        max_iter: iterations, the same for every dataset (default 30; with a
+            fixed scale ~5 are typical, with an estimated one ~10).
         tol: relative convergence tolerance (default ``eps**0.6``: ``4e-10``
             in float64, ``7e-5`` in float32).
 
@@ -147,7 +165,8 @@ def huber(
     done = torch.zeros_like(full_rank)
     iterations = torch.zeros_like(full_rank, dtype=torch.long)
     tiny = torch.finfo(X.dtype).tiny
-    for _ in range(max_iter):
+    previous = s  # the scale one iteration back
+    for k in range(max_iter):
         r = yy - fitted(Xt, beta)
         a = r.abs()
         c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
@@ -159,7 +178,13 @@ def huber(
         newton = beta + solve_spd(weighted_gram(X, Xt, (a <= c).to(X.dtype)), rhs)
         better = _objective(yy - fitted(Xt, newton), c) <= _objective(yy - fitted(Xt, irls), c)
         new_beta = torch.where(better.unsqueeze(-1), newton, irls)
-        new_s = estimate_scale(yy - fitted(Xt, new_beta)) if scale is None else s
+        if scale is None:
+            new_s = estimate_scale(yy - fitted(Xt, new_beta))
+            if k % 3 == 2:
+                new_s = _aitken(previous, s, new_s)
+            previous = s
+        else:
+            new_s = s
         step = (new_beta - beta).abs().amax(-1)
         size = torch.maximum(beta.abs().amax(-1), torch.ones_like(step))
         small = (step <= tol * size) & ((new_s - s).abs() <= tol * s)
