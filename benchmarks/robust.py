@@ -83,13 +83,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats of the batched call")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and for the peers' BLAS (default 1: one core each)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
     B, m, subset, repeats = (50, 40, 10, 3) if args.quick else (1000, 200, 50, 7)
     repeats = args.repeats or repeats
     warnings.filterwarnings("ignore")
     lad_peers, huber_peers = peers()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS, float64, "
           f"B={B}, m={m}, peers on {subset} datasets")
     header = f"{'d':>2}  {'method':<44} {'time/fit':>11} {'ratio':>8}"
     print(header)

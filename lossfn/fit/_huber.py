@@ -96,7 +96,7 @@ def huber(
     scale: Union[None, float, torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     intercept: bool = True,
-    max_iter: int = 30,
+    max_iter: int = 25,
     tol: Optional[float] = None,
 ) -> HuberFit:
     r"""Huber M-estimate of a linear regression, many datasets at once.
@@ -117,7 +117,7 @@ def huber(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit an intercept (default) or force the line through 0.
-        max_iter: iterations, the same for every dataset (default 30; with a
+        max_iter: iterations, the same for every dataset (default 25; with a
             fixed scale ~5 are typical, with an estimated one ~10).
         tol: relative convergence tolerance (default ``eps**0.6``: ``4e-10``
             in float64, ``7e-5`` in float32).

@@ -12,7 +12,14 @@ import torch
 
 def fitted(Xt: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """``X β`` per dataset: ``(..., p, m), (..., p) -> (..., m)``."""
-    return (beta.unsqueeze(-2) @ Xt).squeeze(-2)
+    p = Xt.shape[-2]
+    if p > 4:
+        return (beta.unsqueeze(-2) @ Xt).squeeze(-2)
+    # A few scaled rows summed run ~3x faster than a batch of 1×p×m matmuls.
+    out = Xt[..., 0, :] * beta[..., :1]
+    for k in range(1, p):
+        out += Xt[..., k, :] * beta[..., k : k + 1]
+    return out
 
 
 def project(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
