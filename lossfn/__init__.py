@@ -7,6 +7,7 @@ the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
 """
 
+from . import fit as fit
 from . import location as location
 from . import nn as nn
 from ._errors import ShapeError as ShapeError
@@ -36,5 +37,6 @@ __all__ = [
     "Laplace",
     "Huber",
     "location",
+    "fit",
     "nn",
 ]

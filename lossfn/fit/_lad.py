@@ -17,8 +17,10 @@ in lockstep:
 3. otherwise release the basis point ``j`` with the largest ``|uⱼ|``: along the
    edge ``β + t·d`` with ``X_J d = −sign(uⱼ) eⱼ`` the objective has slope
    ``1 − |uⱼ| < 0`` and is convex piecewise linear in ``t``; its exact minimizer
-   is a weighted median of the breakpoints ``rᵢ/aᵢ`` (``aᵢ = xᵢᵀd``, weights
-   ``2|aᵢ|``), a sort and a prefix sum. The point there replaces ``j``.
+   is a weighted median of the breakpoints ``rᵢ/aᵢ > 0`` (``aᵢ = xᵢᵀd``, weights
+   ``2|aᵢ|``), found by ranking the nearest breakpoints and a prefix sum. The
+   point there replaces ``j`` (Barrodale–Roberts pass through several vertices
+   in one step this way).
 
 Every step lowers the objective or, at a degenerate vertex, keeps it; the count
 of steps is fixed (``max_iter``) and datasets already optimal stand still, so
