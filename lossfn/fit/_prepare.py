@@ -151,16 +151,18 @@ def median_abs(r: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor
     """``median |rᵢ|`` over the last dim (mid-pair average for an even count).
 
     ``present`` (bool, same shape) limits it to the points that exist; nan
-    where none does. Without a mask, one or two ``kthvalue`` selections
-    replace the sort.
+    where none does. Without a mask, one ``kthvalue`` selection replaces the
+    sort (the upper middle value is then the next value up, or a tie).
     """
     a = r.abs()
     m = a.shape[-1]
     if present is None:
-        lower = a.kthvalue((m + 1) // 2, dim=-1).values
+        lower = a.kthvalue((m + 1) // 2, dim=-1, keepdim=True).values
         if m % 2:
-            return lower
-        return (lower + a.kthvalue(m // 2 + 1, dim=-1).values) / 2
+            return lower.squeeze(-1)
+        tied = (a <= lower).sum(-1, keepdim=True) > m // 2
+        above = torch.where(a > lower, a, torch.inf).amin(-1, keepdim=True)
+        return ((lower + torch.where(tied, lower, above)) / 2).squeeze(-1)
     n = present.sum(-1, keepdim=True)
     ordered = torch.where(present, a, torch.inf).sort(dim=-1).values
     lower = ordered.gather(-1, ((n - 1) // 2).clamp(min=0))

@@ -1,13 +1,35 @@
-"""Batched weighted least-squares steps for the iterative robust fits."""
+"""Batched products and weighted least-squares steps for the iterative robust fits.
+
+The design is kept in both layouts, ``X`` ``(..., m, p)`` and ``Xt`` ``(..., p, m)``
+(contiguous): with few columns, batched products run several times faster
+when the long axis ``m`` is the contiguous one of the operand being reduced.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
-def weighted_gram(design: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``Xᵀ W X`` per dataset: ``(..., m, p), (..., m) -> (..., p, p)``."""
-    return (design * weight.unsqueeze(-1)).transpose(-1, -2) @ design
+def fitted(Xt: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``X β`` per dataset: ``(..., p, m), (..., p) -> (..., m)``."""
+    p = Xt.shape[-2]
+    if p > 4:
+        return (beta.unsqueeze(-2) @ Xt).squeeze(-2)
+    # A few scaled rows summed run ~3x faster than a batch of 1×p×m matmuls.
+    out = Xt[..., 0, :] * beta[..., :1]
+    for k in range(1, p):
+        out += Xt[..., k, :] * beta[..., k : k + 1]
+    return out
+
+
+def project(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``Xᵀ v`` per dataset: ``(..., m, p), (..., m) -> (..., p)``."""
+    return (values.unsqueeze(-2) @ X).squeeze(-2)
+
+
+def weighted_gram(X: torch.Tensor, Xt: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``Xᵀ W X`` per dataset: ``(..., m) weights -> (..., p, p)``."""
+    return (Xt * weight.unsqueeze(-2)) @ X
 
 
 def solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -26,7 +48,7 @@ def solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def wls_step(
-    design: torch.Tensor, response: torch.Tensor, weight: torch.Tensor, beta: torch.Tensor
+    X: torch.Tensor, Xt: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, beta: torch.Tensor
 ) -> torch.Tensor:
     """One weighted least-squares solve, written as a correction of ``beta``.
 
@@ -34,6 +56,5 @@ def wls_step(
     In correction form the normal equations' loss of digits shrinks with the
     residual of ``β``: repeated steps act as iterative refinement.
     """
-    r = response - (design @ beta.unsqueeze(-1)).squeeze(-1)
-    rhs = ((weight * r).unsqueeze(-2) @ design).squeeze(-2)
-    return beta + solve_spd(weighted_gram(design, weight), rhs)
+    r = y - fitted(Xt, beta)
+    return beta + solve_spd(weighted_gram(X, Xt, weight), project(X, weight * r))
