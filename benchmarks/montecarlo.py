@@ -13,7 +13,7 @@ and median of each, and the mean and variance of both estimators over the replic
   reference).
 
 Time: median over repeats, the variants interleaved so they share the machine's load.
-Memory: each variant runs once more in a fresh subprocess. After the imports and a small
+Memory: each variant runs again in fresh subprocesses (median of three). After the imports and a small
 warm-up run it resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs the
 study and reports the peak resident set (``VmHWM``) minus the resident set before the
 study. torch allocates through the system allocator on the CPU, so tracemalloc does not
@@ -108,7 +108,12 @@ def child(variant: str, reps: int) -> None:
     print(json.dumps({"mib": (after - before) / 1024}))
 
 
-def peak_mib(variant: str, reps: int) -> float:
+def peak_mib(variant: str, reps: int, runs: int = 3) -> float:
+    """Median over ``runs`` fresh subprocesses (a single reading can be off by megabytes)."""
+    return statistics.median(_peak_once(variant, reps) for _ in range(runs))
+
+
+def _peak_once(variant: str, reps: int) -> float:
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(reps),
                           "--threads", str(torch.get_num_threads())],
                          capture_output=True, text=True, check=True,

@@ -97,7 +97,7 @@ def _full_median(x: torch.Tensor) -> torch.Tensor:
     if m % 2:
         return a
     b = x.kthvalue(m // 2 + 1, dim=-1).values
-    return a + (b - a) / 2
+    return 0.5 * a + 0.5 * b  # as _masked_median: the rounded midpoint, no overflow
 
 
 def mean(

@@ -84,6 +84,14 @@ def check_noise(fn: str, noise) -> None:
                 f"engine needs scalar noise parameters. Run one study per parameter value.")
 
 
+def resolve_device(noise: NoiseModel, device) -> torch.device:
+    """``device``, else that of the noise model's tensor parameters, else the CPU."""
+    if device is None:
+        params = [v for v in vars(noise).values() if isinstance(v, torch.Tensor)]
+        device = params[0].device if params else "cpu"
+    return _distributed.local_device(torch.device(device))
+
+
 def check_names(kind: str, functions: Mapping, reference: Optional[str]) -> tuple:
     """The names in ``functions`` and the reference's index."""
     if not isinstance(functions, Mapping) or not functions:
@@ -140,11 +148,14 @@ def simulate(draw: Callable, evaluate: Callable, k: int, *, reps: int, seed: int
     for chunk in chunks:
         lengths = [min(block_size, reps - b * block_size) for b in chunk]
         errors = evaluate(_draw_chunk(draw, generator, seed, chunk, lengths))
-        for part in errors.split(lengths, dim=-1):
-            rows.append(pack(block_moments(part.contiguous())))
+        # Whole blocks in one call (fewer, larger ops); only the study's last block is short.
+        whole = sum(n == block_size for n in lengths)
+        parts = [errors[:, : whole * block_size].reshape(k, whole, block_size),
+                 errors[:, whole * block_size :].unsqueeze(1)]
+        rows.extend(pack(block_moments(p.contiguous())) for p in parts if p.numel())
     width = 1 + k + 9 * k * k
-    local = torch.stack(rows) if rows else torch.zeros((0, width), dtype=torch.float64,
-                                                       device=device)
+    local = torch.cat(rows) if rows else torch.zeros((0, width), dtype=torch.float64,
+                                                     device=device)
     return fold(unpack(_distributed.gather_blocks(local, rank, size, blocks), k))
 
 
@@ -194,7 +205,7 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
             blocks, at least one); it never changes the result.
         block_size: replicates per random-number block (≤ 16 384).
         dtype, device: of the samples (the statistics are float64 on ``device``).
-            ``device=None`` uses the CPU.
+            ``device=None`` follows the noise model's tensor parameters, else the CPU.
         progress: show a tqdm progress bar over chunks (a string sets its label).
         reference: estimator the efficiencies are relative to (default: the first).
 
@@ -218,7 +229,7 @@ def run(estimators: Mapping[str, Union[str, Callable]], noise: NoiseModel, *, m:
     m = _positive_int("m", m)
     check_noise("run", noise)
     names, ref = check_names("estimators", estimators, reference)
-    device = _distributed.local_device(torch.device("cpu" if device is None else device))
+    device = resolve_device(noise, device)
     probe = torch.linspace(-1.0, 1.0, m, dtype=dtype, device=device)
     probe = torch.stack([probe, probe.flip(0) * 0.5 + 0.25])
     functions = [batched(resolve(estimators[n], n, BUILTINS), n, (probe,), (0,)) for n in names]

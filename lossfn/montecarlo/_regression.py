@@ -14,8 +14,8 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 
 from ..noise import Gaussian, Huber, Laplace, NoiseModel
-from . import _distributed
-from ._engine import check_common, check_names, check_noise, make_evaluate, simulate
+from ._engine import (check_common, check_names, check_noise, make_evaluate, resolve_device,
+                      simulate)
 from ._estimators import batched, resolve
 from ._result import Study, rows_from
 from ._stats import summarize
@@ -85,7 +85,7 @@ def run_regression(fitters: Mapping[str, Union[str, Callable]], noise: NoiseMode
         reps: number of replicates (≥ 2).
         beta, alpha: true slope and intercept; ``truth`` of the study is ``beta``.
         seed, chunk_size, block_size, dtype, device, progress, reference: as in
-            :func:`lossfn.montecarlo.run`.
+            :func:`lossfn.montecarlo.run`; ``device=None`` also follows ``x`` off the CPU.
 
     Returns:
         A :class:`Study` whose ``bound`` is the OLS slope variance
@@ -109,7 +109,9 @@ def run_regression(fitters: Mapping[str, Union[str, Callable]], noise: NoiseMode
         raise ValueError(f"montecarlo.run_regression: x must be a 1-d tensor (m,) with m >= 2 "
                          f"points, got {got}. Give the design of one replicate; it is shared.")
     names, ref = check_names("fitters", fitters, reference)
-    device = _distributed.local_device(torch.device("cpu" if device is None else device))
+    if device is None and x.device.type != "cpu":
+        device = x.device  # a design on the GPU means a study on the GPU
+    device = resolve_device(noise, device)
     design = x.to(dtype=dtype, device=device)
     m = design.shape[0]
     sxx = float(((design.double() - design.double().mean()) ** 2).sum())

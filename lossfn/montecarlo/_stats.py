@@ -55,32 +55,37 @@ def _monomials(k: int, device: torch.device) -> tuple:
     """Index pairs into the rows ``[1, u, u²]`` (``3K`` rows) for the distinct entries.
 
     ``S[p, q, k, l] = S[q, p, l, k]``, so only entries with ``(p, k) <= (q, l)``
-    (as row indices ``p·K + k``) are computed; ``rows`` lists them, ``where``
+    (as row indices ``p·K + k``) are computed; ``rows`` lists them as pairs, ``where``
     maps every entry of the ``(3, 3, K, K)`` tensor to its computed sum.
     """
-    full = torch.arange(9 * k * k).reshape(3, 3, k, k)
-    row = full.new_tensor([[p * k + i for i in range(k)] for p in range(3)])  # (3[p], K)
+    row = torch.tensor([[p * k + i for i in range(k)] for p in range(3)])  # (3[p], K)
     first = row[:, None, :, None].expand(3, 3, k, k)
     second = row[None, :, None, :].expand(3, 3, k, k)
     low, high = torch.minimum(first, second), torch.maximum(first, second)
     pairs, where = torch.unique(low * 3 * k + high, return_inverse=True)
-    return (pairs // (3 * k)).to(device), (pairs % (3 * k)).to(device), where.to(device)
+    rows = [divmod(int(p), 3 * k) for p in pairs]
+    return rows, where.to(device)
 
 
 def block_moments(errors: torch.Tensor) -> Moments:
-    """Statistics of one block: ``errors`` of shape ``(K, n)``, float64, contiguous.
+    """Statistics of ``G`` blocks of ``n`` replicates: ``errors`` of shape ``(K, G, n)``, float64.
 
-    The mean is computed in two passes (the second sums the residuals of the
-    first), the co-moments from the centred values, each distinct one once.
+    Returns :class:`Moments` with a leading block dim ``G``. The mean is computed
+    in two passes (the second sums the residuals of the first), the co-moments
+    from the centred values, each distinct one once. Every sum runs over the last
+    dim of one block, so a block's bits do not depend on how many blocks share
+    the call.
     """
-    k, n = errors.shape
-    first = errors.sum(-1) / n
+    k, g, n = errors.shape
+    first = errors.sum(-1) / n  # (K, G)
     mean = first + (errors - first.unsqueeze(-1)).sum(-1) / n
     u = errors - mean.unsqueeze(-1)
-    powers = torch.cat([torch.ones_like(u), u, u * u])  # (3K, n)
-    left, right, where = _monomials(k, errors.device)
-    sums = (powers[left] * powers[right]).sum(-1)
-    return Moments(errors.new_tensor(float(n)), mean, sums[where])
+    powers = torch.cat([torch.ones_like(u), u, u * u])  # (3K, G, n)
+    rows, where = _monomials(k, errors.device)
+    # One product at a time: a (T, G, n) tensor of them would be the largest buffer of a study.
+    sums = torch.stack([(powers[a] * powers[b]).sum(-1) for a, b in rows])  # (T, G)
+    count = errors.new_full((g,), float(n))
+    return Moments(count, mean.T, sums[where].movedim(-1, 0))
 
 
 def _shift(comoments: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -126,8 +131,9 @@ def fold(blocks: Moments) -> Moments:
 
 
 def pack(moments: Moments) -> torch.Tensor:
-    """One flat float64 row ``[n, mean (K), comoments (9K²)]`` for communication."""
-    return torch.cat([moments.count.reshape(1), moments.mean, moments.comoments.flatten()])
+    """Blocks ``(G, ...)`` as flat float64 rows ``[n, mean (K), comoments (9K²)]``, ``(G, L)``."""
+    return torch.cat([moments.count.unsqueeze(-1), moments.mean, moments.comoments.flatten(1)],
+                     dim=-1)
 
 
 def unpack(rows: torch.Tensor, k: int) -> Moments:

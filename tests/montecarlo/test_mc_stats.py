@@ -23,18 +23,29 @@ def errors(n=1000, seed=0, offset=0.0):
 
 def test_block_moments_are_central_comoments():
     e = errors()
-    got = block_moments(torch.from_numpy(e))
-    np.testing.assert_allclose(got.mean.numpy(), e.mean(1), rtol=1e-13)
-    np.testing.assert_allclose(got.comoments.numpy(), numpy_comoments(e), rtol=1e-10, atol=1e-9)
-    assert got.count.item() == 1000
+    got = block_moments(torch.from_numpy(e).reshape(3, 4, 250))
+    for g in range(4):
+        part = e[:, 250 * g : 250 * (g + 1)]
+        np.testing.assert_allclose(got.mean[g].numpy(), part.mean(1), rtol=1e-13)
+        np.testing.assert_allclose(got.comoments[g].numpy(), numpy_comoments(part), rtol=1e-10,
+                                   atol=1e-9)
+    assert got.count.tolist() == [250.0] * 4
+
+
+def test_a_blocks_bits_do_not_depend_on_its_neighbours():
+    e = torch.from_numpy(errors(n=4096, seed=5)).reshape(3, 8, 512)
+    together = block_moments(e)
+    for g in range(8):
+        alone = block_moments(e[:, g : g + 1].contiguous())
+        assert all(torch.equal(a[g], b[0]) for a, b in zip(together, alone))
 
 
 @pytest.mark.parametrize("cuts", [[137, 274, 411, 548, 685, 822, 959], [1, 2, 500], [999]])
 def test_fold_of_blocks_equals_whole(cuts):
     e = errors(seed=1)
     parts = np.split(e, cuts, axis=1)
-    blocks = Moments(*(torch.stack(t) for t in zip(*(block_moments(torch.from_numpy(p.copy()))
-                                                     for p in parts))))
+    blocks = Moments(*(torch.cat(t) for t in zip(*(block_moments(torch.from_numpy(p.copy())[:, None])
+                                                   for p in parts))))
     got = fold(blocks)
     np.testing.assert_allclose(got.mean.numpy(), e.mean(1), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(got.comoments.numpy(), numpy_comoments(e), rtol=1e-10, atol=1e-8)
@@ -43,22 +54,22 @@ def test_fold_of_blocks_equals_whole(cuts):
 def test_merge_is_stable_with_a_large_offset():
     # naive power sums lose every digit of the variance at offset 1e9
     e = errors(seed=2, offset=1e9)
-    a, b = block_moments(torch.from_numpy(e[:, :300].copy())), block_moments(
-        torch.from_numpy(e[:, 300:].copy()))
+    a, b = (block_moments(torch.from_numpy(e[:, None, :300].copy())),
+            block_moments(torch.from_numpy(e[:, None, 300:].copy())))
     got = merge(a, b)
-    np.testing.assert_allclose(np.diagonal(got.comoments[2, 0].numpy()),
+    np.testing.assert_allclose(np.diagonal(got.comoments[0, 2, 0].numpy()),
                                ((e - e.mean(1, keepdims=True)) ** 2).sum(1), rtol=1e-6)
 
 
 def test_pack_round_trip():
-    m = block_moments(torch.from_numpy(errors(n=50)))
-    back = unpack(pack(m)[None], 3)
-    assert all(torch.equal(x[0], y) for x, y in zip(back, m))
+    m = block_moments(torch.from_numpy(errors(n=50)).reshape(3, 2, 25))
+    back = unpack(pack(m), 3)
+    assert all(torch.equal(x, y) for x, y in zip(back, m))
 
 
 def test_summary_matches_numpy_formulas():
     e = errors(n=5000, seed=4)
-    s = summarize(block_moments(torch.from_numpy(e)), reference=0)
+    s = summarize(fold(block_moments(torch.from_numpy(e)[:, None])), reference=0)
     n = e.shape[1]
     var = e.var(1, ddof=1)
     np.testing.assert_allclose(s.bias.numpy(), e.mean(1), rtol=1e-12)
