@@ -12,7 +12,11 @@ Simple regression (B datasets × m points, float32 and float64):
 Multiple regression (B = 1000, m = 500, d = 5 and 20): ``fit.ols`` against
 batched ``torch.linalg.lstsq`` with an intercept column.
 
-Every number is the median of ``--repeats`` timed calls after one warm-up call.
+Every number is the median of ``--repeats`` timed calls after one warm-up call,
+the peers of one row interleaved (``benchmarks/_timing.py``) so that machine
+noise hits them alike; by the wall clock (default) or, with ``--clock cpu``, by
+the process's CPU time, which is steadier on a shared, oversubscribed machine
+(use it with ``--threads 1``).
 Targets (issue 3): ≥ 2× faster than lstsq and ≥ 100× faster than the statsmodels
 loop for simple regression, within 8× of the read-once floor; ≥ 3× faster
 than lstsq for multiple regression.
@@ -26,7 +30,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import sys
 import time
 from typing import Callable, Dict, List
 
@@ -35,23 +40,18 @@ import scipy.stats
 import statsmodels.api as sm
 import torch
 
-from lossfn import fit
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the clone's lossfn and the timing helpers
+
+from _timing import interleaved_medians  # noqa: E402
+
+from lossfn import fit  # noqa: E402
+
+CLOCK: Callable[[], float] = time.perf_counter
 
 
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()  # warm-up: allocator, thread pool, lazy imports
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def loop_seconds(per_dataset: Callable[[int], object], count: int, total: int, repeats: int) -> float:
-    """Time a Python loop over ``count`` datasets and scale it to ``total``."""
-    seconds = median_seconds(lambda: [per_dataset(k) for k in range(count)], repeats)
-    return seconds * total / count
+def timed(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    return interleaved_medians(fns, repeats=repeats, warmup=1, clock=CLOCK)
 
 
 def simple_rows(shapes, dtypes, repeats: int, loop_datasets: int) -> List[Dict]:
@@ -64,17 +64,19 @@ def simple_rows(shapes, dtypes, repeats: int, loop_datasets: int) -> List[Dict]:
             design = torch.stack([torch.ones_like(x), x], dim=-1)
             col = y.unsqueeze(-1)
             xn, yn = x.double().numpy(), y.double().numpy()
-            designs = [sm.add_constant(xn[k]) for k in range(min(loop_datasets, batch))]
-            count = len(designs)
-            t = {
-                "ols": median_seconds(lambda: fit.ols(x, y), repeats),
-                "lstsq": median_seconds(lambda: torch.linalg.lstsq(design, col), repeats),
-                "linregress": loop_seconds(
-                    lambda k: scipy.stats.linregress(xn[k], yn[k]), count, batch, repeats),
-                "statsmodels": loop_seconds(
-                    lambda k: sm.OLS(yn[k], designs[k]).fit(), count, batch, repeats),
-                "floor": median_seconds(lambda: (x.sum(), y.sum()), repeats),
-            }
+            count = min(loop_datasets, batch)
+            designs = [sm.add_constant(xn[k]) for k in range(count)]
+            t = timed({
+                "ols": lambda: fit.ols(x, y),
+                "lstsq": lambda: torch.linalg.lstsq(design, col),
+                "floor": lambda: (x.sum(), y.sum()),
+            }, repeats)
+            # The Python loops run on the first `count` datasets, scaled to B.
+            loops = timed({
+                "linregress": lambda: [scipy.stats.linregress(xn[k], yn[k]) for k in range(count)],
+                "statsmodels": lambda: [sm.OLS(yn[k], designs[k]).fit() for k in range(count)],
+            }, max(3, repeats // 3))
+            t.update({name: v * batch / count for name, v in loops.items()})
             rows.append({"shape": f"{batch}x{m}", "dtype": str(dtype).split(".")[-1], **t})
     return rows
 
@@ -88,10 +90,10 @@ def multiple_rows(ds, dtypes, batch: int, m: int, repeats: int) -> List[Dict]:
             y = x.sum(-1) + torch.randn(batch, m, generator=gen, dtype=dtype)
             design = torch.cat([torch.ones(batch, m, 1, dtype=dtype), x], dim=-1)
             col = y.unsqueeze(-1)
-            t = {
-                "ols": median_seconds(lambda: fit.ols(x, y), repeats),
-                "lstsq": median_seconds(lambda: torch.linalg.lstsq(design, col), repeats),
-            }
+            t = timed({
+                "ols": lambda: fit.ols(x, y),
+                "lstsq": lambda: torch.linalg.lstsq(design, col),
+            }, repeats)
             rows.append({"shape": f"{batch}x{m}x{d}", "dtype": str(dtype).split(".")[-1], **t})
     return rows
 
@@ -106,7 +108,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per entry")
     parser.add_argument("--loop-datasets", type=int, default=None,
                         help="datasets timed in the scipy/statsmodels loops")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default) or process CPU time")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtypes = (torch.float32, torch.float64)
     if args.quick:
         shapes, repeats, loops, multi = [(200, 100), (20, 1000)], 3, 20, (100, 200)
@@ -115,7 +124,7 @@ def main() -> None:
     repeats = args.repeats or repeats
     loops = args.loop_datasets or loops
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.clock} clock, "
           f"median of {repeats} calls, milliseconds per batch")
     print("\nSimple regression (targets: >= 2x lstsq, >= 100x statsmodels, <= 8x floor)")
     head = (f"{'B x m':>11} {'dtype':>8} {'ols':>9} {'lstsq':>9} {'linregress':>10} "

@@ -4,7 +4,8 @@ Squared error is the Gaussian NLL, absolute error the Laplace NLL, Huber's loss
 the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nll`, :mod:`lossfn.location`) is pure and composes with
 ``torch.func``; :mod:`lossfn.noise` ties each loss to its density;
-:mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
+:mod:`lossfn.nn` holds thin ``nn.Module`` criteria; :mod:`lossfn.fit` the
+batched closed-form fits (OLS, the standardized line, location/scale).
 """
 
 from . import fit as fit
@@ -12,6 +13,7 @@ from . import grads as grads
 from . import location as location
 from . import montecarlo as montecarlo
 from . import nn as nn
+from . import select as select
 from ._errors import ShapeError as ShapeError
 from .grads import Shares as Shares
 from .grads import grad_norm_method as grad_norm_method
@@ -45,16 +47,17 @@ __all__ = [
     "Gaussian",
     "Laplace",
     "Huber",
-    "Contaminated",
-    "fit",
     "per_sample_grads",
     "per_sample_grad_norms",
     "grad_norm_method",
     "pred_grad",
     "Shares",
     "shares",
+    "fit",
     "grads",
+    "Contaminated",
     "location",
     "montecarlo",
     "nn",
+    "select",
 ]

@@ -9,21 +9,20 @@ Two things make closed-form fits inaccurate, and both are handled here:
   cancels, and the result is the exact-mean value to working precision.
 * Absent points. Masked-out entries are replaced by zeros with ``torch.where``
   before any arithmetic, so nan or 1e30 there cannot leak into a sum
-  (``0 · nan`` is nan, ``torch.where`` never reads the value it drops).
+  (multiplying by a 0/1 weight would not do: ``0 · nan`` is nan).
 
 Everything is free of Python branches on tensor values (``torch.func.vmap``-safe).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 
-from .._checks import check_float_tensor, check_mask
-from .._errors import ShapeError
+from .._checks import check_regression_data
 
-__all__ = ["Data", "prepare", "moments", "Moments", "centre_columns", "noise_floor"]
+__all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments"]
 
 
 class Data(NamedTuple):
@@ -37,64 +36,12 @@ class Data(NamedTuple):
 
 
 def prepare(fn: str, x: object, y: object, mask: Optional[torch.Tensor]) -> Data:
-    """Check shapes and dtypes; broadcast the batch dims of ``x``, ``y`` and ``mask``.
-
-    ``x`` of ``y``'s rank means one predictor, ``x`` of one more dimension means
-    ``d`` predictors in the last dimension. Batch dims broadcast (one design
-    may serve many responses); the point dimension ``m`` must agree exactly.
-    """
-    check_float_tensor(fn, "x", x)
-    check_float_tensor(fn, "y", y)
-    if x.dtype != y.dtype:
-        raise TypeError(
-            f"{fn}: x has dtype {x.dtype} and y has dtype {y.dtype}; a fit is done "
-            f"in one precision. Convert one of them, e.g. x.to(y.dtype)."
-        )
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"{fn}: dtype {x.dtype} is too coarse for a least-squares fit (its "
-            "Cholesky factors are not available either); use float32 or float64, "
-            "e.g. x.float() and y.float()."
-        )
-    if y.dim() == 0:
-        raise ShapeError(f"{fn}: y must have a point dimension (..., m), got a scalar.")
+    """Validate (:func:`lossfn._checks.check_regression_data`) and broadcast the inputs."""
+    simple, batch = check_regression_data(fn, x, y, mask)
     m = y.shape[-1]
-    if x.dim() == y.dim():
-        simple, x_points = True, x.shape[-1]
-    elif x.dim() == y.dim() + 1:
-        simple, x_points = False, x.shape[-2]
-    else:
-        raise ShapeError(
-            f"{fn}: x must be (..., m) for one predictor or (..., m, d) for d "
-            f"predictors, with y (..., m); got x {tuple(x.shape)} and y "
-            f"{tuple(y.shape)}."
-        )
-    if x_points != m:
-        hint = (
-            " x looks transposed: pass x.mT so that points run along dim -2."
-            if not simple and x.shape[-1] == m
-            else ""
-        )
-        raise ShapeError(
-            f"{fn}: x and y must have the same number of points m, got x "
-            f"{tuple(x.shape)} ({x_points} points) and y {tuple(y.shape)} "
-            f"({m} points).{hint}"
-        )
-    if not simple and x.shape[-1] == 0:
-        raise ShapeError(f"{fn}: x {tuple(x.shape)} has no predictors (d = 0).")
-    x_batch = x.shape[:-1] if simple else x.shape[:-2]
-    try:
-        batch = torch.broadcast_shapes(x_batch, y.shape[:-1])
-    except RuntimeError:
-        raise ShapeError(
-            f"{fn}: the batch dims of x {tuple(x.shape)} and y {tuple(y.shape)} do "
-            f"not broadcast ({tuple(x_batch)} vs {tuple(y.shape[:-1])}). Give one "
-            "dataset per leading index."
-        ) from None
     shape = batch + (m,)
     x = x.expand(shape if simple else shape + x.shape[-1:])
     y = y.expand(shape)
-    check_mask(fn, mask, shape)
     if mask is None:
         return Data(x, y, None, y.new_full(batch, float(m)), simple)
     present = mask.expand(shape)
@@ -155,20 +102,3 @@ def moments(data: Data) -> Moments:
     sxx = torch.linalg.vecdot(dx, dx) - sum_dx * sum_dx / n
     sxy = torch.linalg.vecdot(dx, dy) - sum_dx * sum_dy / n
     return Moments(cx + sum_dx / n, cy + sum_dy / n, sxx, sxy, dx, dy, sum_dx, sum_dy)
-
-
-def centre_columns(
-    x: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exactly centred columns of ``x`` (..., m, d) and their means (..., d).
-
-    Two passes: centre on the first-pass mean, then subtract the (tiny) mean of
-    what is left, so that each present column sums to zero to working precision.
-    Absent rows are 0.
-    """
-    rows = None if present is None else present.unsqueeze(-1)
-    first = zero_absent(x, rows).sum(-2) / n.unsqueeze(-1)
-    centred = zero_absent(x - first.unsqueeze(-2), rows)
-    rest = centred.sum(-2) / n.unsqueeze(-1)
-    centred = zero_absent(centred - rest.unsqueeze(-2), rows)
-    return centred, first + rest

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._design import Data, centre_columns, moments, noise_floor, prepare, zero_absent
+from ._design import Data, moments, noise_floor, prepare, zero_absent
 from ._solve import solve_centred
 
 __all__ = ["OLSFit", "ols"]
@@ -64,12 +64,12 @@ def ols(
 
     One predictor uses the centred closed form above (shifted sums: accurate
     with large offsets, even in float32). Several predictors are centred,
-    scaled to unit norm and solved by a shifted-CholeskyQR-preconditioned
-    refinement (:mod:`lossfn.fit._solve`) that reaches QR accuracy on the NIST
-    StRD problems (Filip included) while working on Gram matrices, which batch
-    far better than ``torch.linalg.lstsq``. Degenerate datasets give nan fields
-    and ``ok=False``; they never raise and never touch the other datasets.
-    Runs under ``torch.func.vmap``; dtype and device follow the inputs.
+    scaled to unit norm and solved by shifted CholeskyQR2 on batched Gram
+    matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
+    StRD problems (Filip included) and never truncates the rank silently.
+    Degenerate datasets give nan fields and ``ok=False``; they never raise and
+    never touch the other datasets. Runs under ``torch.func.vmap`` and
+    autograd; dtype and device follow the inputs.
 
     Args:
         x: (..., m) one predictor, or (..., m, d) ``d`` predictors.
@@ -101,10 +101,8 @@ def ols(
         raise TypeError(f"ols: intercept must be True or False, got {intercept!r}.")
     data = prepare("ols", x, y, mask)
     if data.simple:
-        fit = _simple(data) if intercept else _simple_origin(data)
-    else:
-        fit = _multiple(data, intercept)
-    return fit
+        return _simple(data) if intercept else _simple_origin(data)
+    return _multiple(data, intercept)
 
 
 def _finish(
@@ -119,18 +117,23 @@ def _finish(
 ) -> OLSFit:
     """Assemble the record; nan out every float field of a failed dataset."""
     n = data.n
-    slope_finite = torch.isfinite(beta) if data.simple else torch.isfinite(beta).all(-1)
-    ok = full_rank & (n >= p) & torch.isfinite(alpha) & slope_finite & torch.isfinite(ssr)
+    # nan/inf anywhere in a present point reaches these sums: one check suffices.
+    slopes = beta if data.simple else beta.sum(-1)
+    ok = full_rank & (n >= p) & torch.isfinite(alpha + slopes + ssr)
     r2 = 1 - ssr / total
-
-    def guard(v: torch.Tensor) -> torch.Tensor:
-        flag = ok if v.dim() == ok.dim() else ok.unsqueeze(-1)
-        return torch.where(flag, v, torch.nan)
-
+    # 0 for a good dataset, nan for a failed one: adding it leaves good values
+    # bit-exact and turns every field of a failed one into nan.
+    poison = torch.where(ok, 0.0, torch.nan).to(alpha.dtype)
+    per_coef = poison if data.simple else poison.unsqueeze(-1)
     return OLSFit(
-        guard(alpha), guard(beta), guard(ssr / n), guard(stderr), guard(r2),
-        n.to(torch.int64), ok,
+        alpha + poison, beta + per_coef, ssr / n + poison, stderr + poison.unsqueeze(-1),
+        r2 + poison, n.to(torch.int64), ok,
     )
+
+
+def _unbiased(ssr: torch.Tensor, n: torch.Tensor, p: int) -> torch.Tensor:
+    """``s² = SSR/(n − p)``; nan (not ±inf) when no degrees of freedom are left."""
+    return torch.where(n > p, ssr / (n - p), torch.nan)
 
 
 def _simple(data: Data) -> OLSFit:
@@ -143,9 +146,9 @@ def _simple(data: Data) -> OLSFit:
     # Syy = SSR + β·Sxy then adds two non-negative terms: no cancellation.
     e = torch.addcmul(mo.dy, mo.dx, beta.unsqueeze(-1), value=-1)
     sum_e = mo.sum_dy - beta * mo.sum_dx
-    ssr = torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n
+    ssr = (torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n).clamp(min=0)
     syy = ssr + beta * mo.sxy
-    s2 = ssr / (n - 2)
+    s2 = _unbiased(ssr, n, 2)
     stderr = torch.stack(
         [(s2 * (1 / n + mo.mean_x**2 / mo.sxx)).sqrt(), (s2 / mo.sxx).sqrt()], dim=-1
     )
@@ -160,7 +163,7 @@ def _simple_origin(data: Data) -> OLSFit:
     beta = torch.linalg.vecdot(x, y) / sxx
     e = torch.addcmul(y, x, beta.unsqueeze(-1), value=-1)
     ssr = torch.linalg.vector_norm(e, dim=-1).square()
-    stderr = (ssr / (data.n - 1) / sxx).sqrt().unsqueeze(-1)
+    stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt().unsqueeze(-1)
     return _finish(
         data, torch.zeros_like(beta), beta, ssr, stderr, torch.linalg.vecdot(y, y), 1, sxx > 0
     )
@@ -168,23 +171,29 @@ def _simple_origin(data: Data) -> OLSFit:
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
-    rows = None if data.present is None else data.present.unsqueeze(-1)
     d = data.x.shape[-1]
+    rows = None if data.present is None else data.present.unsqueeze(-2)
+    # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
+    # batched products over the points are fastest.
+    aug = torch.cat([data.x.mT, data.y.unsqueeze(-2)], dim=-2)
     if intercept:
-        xc, mean_x = centre_columns(data.x, data.present, n)
-        b, mean_y = centre_columns(data.y.unsqueeze(-1), data.present, n)
-        b, mean_y = b.squeeze(-1), mean_y.squeeze(-1)
-        live = torch.linalg.vector_norm(xc, dim=-2) > noise_floor(mean_x, n.unsqueeze(-1))
+        # One-pass centring on the first-pass mean; the tiny mean that is
+        # left (``offset``) is removed exactly in the solver's small algebra.
+        first = zero_absent(aug, rows).sum(-1) / n.unsqueeze(-1)
+        aug = zero_absent(aug.sub_(first.unsqueeze(-1)), rows)  # aug is ours: in place
+        offset = aug.sum(-1) / n.unsqueeze(-1)
+        means = first + offset
+        centres = means[..., :d]
     else:
-        xc = zero_absent(data.x, rows)
-        b = zero_absent(data.y, data.present)
-        live = torch.ones(xc.shape[:-2] + (d,), dtype=torch.bool, device=xc.device)
-    sol = solve_centred(xc, b, n, live)
+        aug = zero_absent(aug, rows)
+        offset = None
+        centres = torch.zeros_like(aug[..., :d, 0])
+    sol = solve_centred(aug, offset, n, centres)
     p = d + int(intercept)
-    s2 = (sol.ssr / (n - p)).unsqueeze(-1)
+    s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
-    total = torch.linalg.vecdot(b, b)
     if intercept:
+        mean_x, mean_y = means[..., :d], means[..., d]
         alpha = mean_y - torch.linalg.vecdot(mean_x, sol.coef)
         lever = (mean_x.unsqueeze(-2) @ sol.cov_factor).squeeze(-2)
         se_alpha = (s2 * (1 / n.unsqueeze(-1) + lever.square().sum(-1, keepdim=True))).sqrt()
@@ -192,4 +201,4 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
-    return _finish(data, alpha, sol.coef, sol.ssr, stderr, total, p, sol.full_rank)
+    return _finish(data, alpha, sol.coef, sol.ssr, stderr, sol.total, p, sol.full_rank)

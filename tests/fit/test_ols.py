@@ -191,13 +191,13 @@ def test_two_points_exact_line_has_nan_stderr():
     assert torch.isnan(res.stderr).all()
 
 
-@pytest.mark.parametrize("shape", ["simple", "multiple", "origin"])
+@pytest.mark.parametrize("shape", ["simple", "multiple", "origin", "multiple-origin"])
 def test_vmap_equals_batched(shape):
     gen = torch.Generator().manual_seed(6)
     x, y = _random_batch(gen, 4, 15, 2)
-    x = x[..., 0] if shape != "multiple" else x
+    x = x if shape.startswith("multiple") else x[..., 0]
     mask = torch.rand(4, 15, generator=gen) < 0.8
-    intercept = shape != "origin"
+    intercept = not shape.endswith("origin")
     batched = fit.ols(x, y, mask=mask, intercept=intercept)
     mapped = torch.func.vmap(lambda a, b, c: fit.ols(a, b, mask=c, intercept=intercept))(x, y, mask)
     for field, a, b in zip(batched._fields, batched, mapped):
@@ -262,6 +262,16 @@ def test_gradient_flows_through_the_fit():
     torch.testing.assert_close(g, centred / (centred**2).sum())
 
 
+def test_jacobian_of_the_multiple_fit():
+    """d slope / d y is the pseudo-inverse of the centred design (a linear map)."""
+    gen = torch.Generator().manual_seed(10)
+    x, y = _random_batch(gen, 1, 12, 3)
+    x, y = x[0], y[0]
+    jac = torch.func.jacrev(lambda v: fit.ols(x, v).slope)(y)
+    centred = (x - x.mean(0)).numpy()
+    np.testing.assert_allclose(jac.numpy(), np.linalg.pinv(centred), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "x, y, kwargs, error, words",
     [
@@ -285,3 +295,37 @@ def test_bad_arguments_raise_clearly(x, y, kwargs, error, words):
         fit.ols(x, y, **kwargs)
     assert words in str(info.value)
     assert "ols" in str(info.value) or error is TypeError
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_decision_accounts_for_offsets(dtype):
+    """x₂ = 3x₀ − 2x₁ + 100 on offset data is collinear up to the rounding of the
+    offsets: flagged. The same offsets without the collinearity fit fine."""
+    gen = torch.Generator().manual_seed(9)
+    spread = torch.tensor([1e-2, 3e-2, 1.0], dtype=torch.float64)
+    x = (100 + torch.randn(2, 40, 3, generator=gen, dtype=torch.float64) * spread)
+    x[1, :, 2] = 3 * x[1, :, 0] - 2 * x[1, :, 1] + 100
+    y = x @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.01 * torch.randn(
+        2, 40, generator=gen, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    res = fit.ols(x, y)
+    assert res.ok.tolist() == [True, False]
+    ref = sm.OLS(y[0].double().numpy(), sm.add_constant(x[0].double().numpy())).fit()
+    rtol = 1e-9 if dtype == torch.float64 else 5e-2
+    np.testing.assert_allclose(res.slope[0].double().numpy(), ref.params[1:], rtol=rtol)
+
+
+def test_gradient_through_the_multiple_fit_with_a_mask():
+    """Autograd (not only torch.func) through the masked multiple fit: d SSR / d y = 2r."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = _random_batch(gen, 2, 10, 2)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    y = y.clone().requires_grad_(True)
+    res = fit.ols(x, y, mask=mask)
+    (res.sigma2 * res.n).sum().backward()
+    for k, length in enumerate([10, 7]):
+        design = sm.add_constant(x[k, :length].numpy())
+        resid = sm.OLS(y[k, :length].detach().numpy(), design).fit().resid
+        np.testing.assert_allclose(y.grad[k, :length].numpy(), 2 * resid, rtol=1e-8, atol=1e-10)
+        assert torch.all(y.grad[k, length:] == 0)

@@ -1,0 +1,120 @@
+"""Time per fit of lossfn.fit.lad / lossfn.fit.huber against the one-dataset-at-a-time peers.
+
+B datasets of m points, d features, heavy-tailed noise (Student t, 1.5 degrees of
+freedom) plus 10% gross outliers. lossfn fits the whole batch in one call
+(median of several repeats, divided by B); each peer fits a subset of the
+datasets in a Python loop (median time per fit). The ratio column is the peer's
+time per fit over lossfn's, measured side by side in this one run.
+
+    python benchmarks/robust.py            # B = 1000, m = 200, d = 1 and 5
+    python benchmarks/robust.py --quick    # small sizes, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from lossfn.fit import huber, lad
+
+
+def make_data(B: int, m: int, d: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, m, d, generator=g, dtype=torch.float64)
+    beta = torch.randn(B, d, generator=g, dtype=torch.float64)
+    chi = torch.distributions.Chi2(1.5).sample((B, m)).to(torch.float64)
+    noise = torch.randn(B, m, generator=g, dtype=torch.float64) / (chi / 1.5).sqrt()
+    outlier = torch.rand(B, m, generator=g, dtype=torch.float64) < 0.1
+    noise = noise + outlier * 50 * torch.randn(B, m, generator=g, dtype=torch.float64)
+    return X, 1.0 + (X * beta.unsqueeze(-2)).sum(-1) + noise
+
+
+def time_batched(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_loop(fit_one, X: np.ndarray, y: np.ndarray) -> float:
+    fit_one(X[0], y[0])  # warm-up
+    times = []
+    for b in range(len(y)):
+        start = time.perf_counter()
+        fit_one(X[b], y[b])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peers():
+    import statsmodels.api as sm
+    from scipy.optimize import linprog
+    from sklearn.linear_model import HuberRegressor, QuantileRegressor
+
+    def lp(X, y):
+        A = np.hstack([np.ones((len(y), 1)), X])
+        m, p = A.shape
+        return linprog(np.r_[np.zeros(p), np.ones(2 * m)], A_eq=np.hstack([A, np.eye(m), -np.eye(m)]),
+                       b_eq=y, bounds=[(None, None)] * p + [(0, None)] * (2 * m), method="highs")
+
+    lad_peers = {
+        "statsmodels QuantReg(q=0.5)": lambda X, y: sm.QuantReg(y, sm.add_constant(X, has_constant="add")).fit(q=0.5),
+        "sklearn QuantileRegressor(alpha=0, highs)": lambda X, y: QuantileRegressor(
+            quantile=0.5, alpha=0.0, solver="highs").fit(X, y),
+        "scipy linprog(highs) loop": lp,
+    }
+    huber_peers = {
+        "statsmodels RLM(HuberT)": lambda X, y: sm.RLM(y, sm.add_constant(X, has_constant="add"),
+                                                       M=sm.robust.norms.HuberT()).fit(),
+        "sklearn HuberRegressor(alpha=0)": lambda X, y: HuberRegressor(alpha=0.0).fit(X, y),
+    }
+    return lad_peers, huber_peers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats of the batched call")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and for the peers' BLAS (default 1: one core each)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    B, m, subset, repeats = (50, 40, 10, 3) if args.quick else (1000, 200, 50, 7)
+    repeats = args.repeats or repeats
+    warnings.filterwarnings("ignore")
+    lad_peers, huber_peers = peers()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS, float64, "
+          f"B={B}, m={m}, peers on {subset} datasets")
+    header = f"{'d':>2}  {'method':<44} {'time/fit':>11} {'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    for d in (1, 5):
+        X, y = make_data(B, m, d, seed=d)
+        Xn, yn = X[:subset].numpy(), y[:subset].numpy()
+        for name, ours, group in (
+            ("lossfn.fit.lad (batched)", lambda: lad(X, y), lad_peers),
+            ("lossfn.fit.huber (batched)", lambda: huber(X, y), huber_peers),
+        ):
+            mine = time_batched(ours, repeats) / B
+            result = ours()
+            print(f"{d:>2}  {name:<44} {mine * 1e6:>8.1f} µs {'1.0':>8}   ok: {int(result.ok.sum())}/{B}")
+            for peer, fit_one in group.items():
+                theirs = time_loop(fit_one, Xn, yn)
+                print(f"{d:>2}  {peer:<44} {theirs * 1e6:>8.1f} µs {theirs / mine:>7.1f}x")
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""lossfn.fit.huber against statsmodels RLM and sklearn HuberRegressor, and Huber's
+location M-estimate against statsmodels and a scipy root finder."""
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+import torch
+from scipy.optimize import brentq
+from sklearn.linear_model import HuberRegressor
+from statsmodels.robust.norms import HuberT, estimate_location
+from statsmodels.robust.scale import mad
+
+import lossfn
+from lossfn import ShapeError
+from lossfn.fit import HuberFit, huber
+from lossfn.location import huber_location
+
+F64 = torch.float64
+
+
+def _data(kind, B, m, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, m, d, generator=g, dtype=F64)
+    beta = torch.randn(B, d, generator=g, dtype=F64)
+    y = 2.0 + (X * beta.unsqueeze(-2)).sum(-1)
+    if kind == "heavy":  # Student t, 2 degrees of freedom
+        z = torch.randn(B, m, generator=g, dtype=F64)
+        chi = torch.distributions.Chi2(2.0).sample((B, m)).to(F64)
+        return X, y + z / (chi / 2).sqrt()
+    noise = torch.randn(B, m, generator=g, dtype=F64)
+    bad = torch.rand(B, m, generator=g, dtype=F64) < 0.15
+    return X, y + noise + bad * 20 * torch.randn(B, m, generator=g, dtype=F64)
+
+
+def _params(fit, b):
+    return np.r_[fit.intercept[b].item(), np.atleast_1d(fit.slope[b].numpy())]
+
+
+def _rlm(x, y, delta, **fit_kw):
+    exog = sm.add_constant(np.asarray(x).reshape(len(y), -1), has_constant="add")
+    return sm.RLM(np.asarray(y), exog, M=HuberT(t=delta)).fit(maxiter=2000, tol=1e-15, **fit_kw)
+
+
+def _rel(a, b):
+    return np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max()
+
+
+@pytest.mark.parametrize("kind", ["heavy", "contaminated"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_estimated_scale_matches_rlm_default(kind, d):
+    X, y = _data(kind, 4, 50, d, seed=d)
+    fit = huber(X, y, delta=1.345)
+    assert fit.ok.all()
+    for b in range(4):
+        ref = _rlm(X[b].numpy(), y[b].numpy(), 1.345)
+        assert _rel(_params(fit, b), ref.params) < 1e-6
+        assert fit.scale[b].item() == pytest.approx(ref.scale, rel=1e-6)
+
+
+def test_rlm_scale_rule_is_mad_about_zero():
+    # At the fixed point the scale is median|r| / Φ⁻¹(3/4) of the fit's own
+    # residuals, about 0 (statsmodels' mad(resid, center=0)), not about their median.
+    X, y = _data("contaminated", 3, 41, 2, seed=3)
+    fit = huber(X, y)
+    for b in range(3):
+        r = y[b].numpy() - np.c_[np.ones(41), X[b].numpy()] @ _params(fit, b)
+        assert fit.scale[b].item() == pytest.approx(mad(r, center=0), rel=1e-9)
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.345, 3.0])
+def test_fixed_scale_matches_rlm(delta):
+    X, y = _data("heavy", 4, 50, 2, seed=11)
+    s = torch.tensor([0.7, 1.0, 1.5, 3.0], dtype=F64)
+    fit = huber(X, y, delta=delta, scale=s)
+    assert fit.ok.all()
+    torch.testing.assert_close(fit.scale, s)
+    for b in range(4):
+        ref = _rlm(X[b].numpy(), y[b].numpy(), delta, update_scale=False, start_scale=s[b].item())
+        assert _rel(_params(fit, b), ref.params) < 1e-8
+
+
+def test_matches_sklearn_given_its_scale():
+    # HuberRegressor minimizes Σ (σ + σ·H_ε(rᵢ/σ)) jointly over (β, σ) with
+    # H_ε = 2ρ_ε; at its σ̂ = scale_, its β̂ minimizes Σ ρ_ε(rᵢ/σ̂): our fit with
+    # delta=ε and scale=σ̂ fixed. Its L-BFGS stops early, hence ~1e-4.
+    X, y = _data("heavy", 4, 80, 3, seed=5)
+    for b in range(4):
+        ref = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=1000).fit(X[b].numpy(), y[b].numpy())
+        fit = huber(X[b], y[b], delta=1.35, scale=ref.scale_)
+        assert fit.ok
+        ours = np.r_[fit.intercept.item(), fit.slope.numpy()]
+        assert _rel(ours, np.r_[ref.intercept_, ref.coef_]) < 1e-4
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e6])
+def test_scale_equivariance_against_rlm_at_unit_scale(factor):
+    X, y = _data("contaminated", 3, 40, 2, seed=2)
+    fit = huber(X, y * factor)
+    assert fit.ok.all()
+    for b in range(3):
+        ref = _rlm(X[b].numpy(), y[b].numpy(), 1.345)
+        assert _rel(_params(fit, b), ref.params * factor) < 1e-6
+        assert fit.scale[b].item() == pytest.approx(ref.scale * factor, rel=1e-6)
+
+
+def test_simple_regression_and_delta_per_dataset():
+    X, y = _data("heavy", 3, 30, 1, seed=4)
+    delta = torch.tensor([0.8, 1.345, 2.5], dtype=F64)
+    fit = huber(X[..., 0], y, delta=delta)
+    assert fit.slope.shape == (3,)
+    for b in range(3):
+        ref = _rlm(X[b, :, 0].numpy(), y[b].numpy(), delta[b].item())
+        assert _rel(_params(fit, b), ref.params) < 1e-6
+
+
+def test_ragged_masks_match_truncated_datasets():
+    X, y = _data("contaminated", 4, 40, 2, seed=6)
+    lengths = torch.tensor([40, 25, 12, 7])
+    mask = torch.arange(40) < lengths.unsqueeze(-1)
+    fit = huber(torch.where(mask.unsqueeze(-1), X, torch.nan), torch.where(mask, y, torch.inf), mask=mask)
+    assert fit.ok.all()
+    for b, n in enumerate(lengths.tolist()):
+        ref = _rlm(X[b, :n].numpy(), y[b, :n].numpy(), 1.345)
+        assert _rel(_params(fit, b), ref.params) < 1e-6
+        assert fit.scale[b].item() == pytest.approx(ref.scale, rel=1e-6)
+
+
+def test_degenerate_datasets_do_not_poison_the_batch():
+    X, y = _data("heavy", 5, 12, 1, seed=8)
+    x = X[..., 0].clone()
+    x[1] = -2.0  # constant x
+    mask = torch.ones(5, 12, dtype=torch.bool)
+    mask[2, 1:] = False  # one point, two coefficients
+    mask[3] = False  # no points
+    fit = huber(x, y, mask=mask)
+    assert fit.ok.tolist() == [True, False, False, False, True]
+    for b in (1, 2, 3):
+        assert torch.isnan(fit.slope[b]) and torch.isnan(fit.intercept[b]) and torch.isnan(fit.scale[b])
+    for b in (0, 4):
+        ref = _rlm(x[b].numpy(), y[b].numpy(), 1.345)
+        assert _rel(_params(fit, b), ref.params) < 1e-6
+
+
+def test_exact_fit_of_a_majority_is_flagged():
+    # More than half the points on a line: the MAD scale collapses to 0 (RLM
+    # warns and stops); here ok is False and nothing is nan or inf.
+    x = torch.arange(9, dtype=F64)
+    y = 1 + x
+    y[7:] = torch.tensor([40.0, -30.0], dtype=F64)
+    fit = huber(x, y)
+    assert not fit.ok
+    assert 0 <= fit.scale.item() < 1e-12  # zero up to rounding
+    assert torch.isfinite(fit.slope) and torch.isfinite(fit.intercept)
+
+
+def test_vmap_equals_batched_call():
+    X, y = _data("heavy", 5, 30, 2, seed=9)
+    batched = huber(X, y)
+    mapped = torch.func.vmap(huber)(X, y)
+    assert isinstance(mapped, HuberFit)
+    for a, b in zip(batched, mapped):
+        torch.testing.assert_close(a, b)
+    fixed = torch.func.vmap(lambda x, y: huber(x, y, scale=1.0))(X, y)
+    torch.testing.assert_close(fixed.slope, huber(X, y, scale=1.0).slope)
+
+
+def test_float32_and_dtype_follow_inputs():
+    X, y = _data("contaminated", 4, 60, 2, seed=10)
+    fit32 = huber(X.float(), y.float())
+    fit64 = huber(X, y)
+    assert fit32.slope.dtype == torch.float32 and fit32.scale.dtype == torch.float32
+    assert fit32.ok.all()
+    torch.testing.assert_close(fit32.slope.double(), fit64.slope, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fit32.scale.double(), fit64.scale, rtol=1e-4, atol=0)
+
+
+def test_non_convergence_is_flagged():
+    X, y = _data("contaminated", 6, 50, 3, seed=12)
+    short = huber(X, y, max_iter=2)
+    assert not short.converged.any() and not short.ok.any()
+    assert (short.iterations == 2).all()
+    full = huber(X, y)
+    assert full.converged.all() and (full.iterations < 100).all()
+
+
+def test_inputs_not_mutated():
+    X, y = _data("heavy", 2, 10, 2, seed=1)
+    copies = X.clone(), y.clone()
+    huber(X, y, scale=torch.ones(2, dtype=F64))
+    assert torch.equal(X, copies[0]) and torch.equal(y, copies[1])
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ShapeError, match="huber: x must have shape"):
+        huber(torch.zeros(3, 10), torch.zeros(10))
+    with pytest.raises(ValueError, match="huber: scale must be > 0"):
+        huber(torch.zeros(10), torch.zeros(10), scale=0.0)
+    with pytest.raises(ValueError, match="huber: delta must be > 0"):
+        huber(torch.zeros(10), torch.zeros(10), delta=-1.0)
+
+
+# Huber's location M-estimate (the noise model behind this fit).
+
+
+def _psi_root(x, scale, delta):
+    def score(mu):
+        return np.clip((x - mu) / scale, -delta, delta).sum()
+
+    return brentq(score, x.min() - 1, x.max() + 1, xtol=1e-14, rtol=1e-15)
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.345, 2.0])
+def test_huber_location_matches_statsmodels_and_root_finder(delta):
+    g = torch.Generator().manual_seed(int(delta * 100))
+    samples = lossfn.Huber(delta).sample((3, 51), generator=g, dtype=F64) * 2 + 7
+    ours = huber_location(samples, delta=delta)
+    model = lossfn.Huber(delta).fit(samples)
+    for b in range(3):
+        a = samples[b].numpy()
+        s = mad(a)  # normalized MAD about the median, as huber_location uses
+        assert ours.scale[b].item() == pytest.approx(s, rel=1e-12)
+        root = _psi_root(a, s, delta)
+        sm_mu = estimate_location(a, s, norm=HuberT(t=delta), maxiter=1000, tol=1e-14)
+        assert ours.location[b].item() == pytest.approx(root, rel=1e-12)
+        assert ours.location[b].item() == pytest.approx(sm_mu, rel=1e-10)
+        assert model.location[b].item() == pytest.approx(root, rel=1e-12)
+
+
+def test_location_is_regression_on_a_constant():
+    # huber(ones, y, no intercept, fixed scale) is the location problem.
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(3, 25, generator=g, dtype=F64) ** 3
+    ones = torch.ones(3, 25, 1, dtype=F64)
+    fit = huber(ones, samples, intercept=False, scale=0.8, delta=1.0)
+    ref = huber_location(samples, scale=0.8, delta=1.0)
+    torch.testing.assert_close(fit.slope[..., 0], ref.location, rtol=1e-9, atol=1e-12)
