@@ -139,21 +139,14 @@ def _unbiased(ssr: torch.Tensor, n: torch.Tensor, p: int) -> torch.Tensor:
 def _simple(data: Data) -> OLSFit:
     mo = moments(data)
     n = data.n
-    beta = mo.sxy / mo.sxx
+    beta = mo.slope
     alpha = mo.mean_y - beta * mo.mean_x
-    # Residuals e = dy − β·dx are 0 at absent points; their mean Σe/n is tiny,
-    # so SSR = Σe² − (Σe)²/n loses nothing (Syy − β·Sxy would, when r² ≈ 1).
-    # Syy = SSR + β·Sxy then adds two non-negative terms: no cancellation.
-    e = torch.addcmul(mo.dy, mo.dx, beta.unsqueeze(-1), value=-1)
-    sum_e = mo.sum_dy - beta * mo.sum_dx
-    ssr = (torch.linalg.vector_norm(e, dim=-1).square() - sum_e * sum_e / n).clamp(min=0)
-    syy = ssr + beta * mo.sxy
-    s2 = _unbiased(ssr, n, 2)
+    s2 = _unbiased(mo.ssr, n, 2)
     stderr = torch.stack(
         [(s2 * (1 / n + mo.mean_x**2 / mo.sxx)).sqrt(), (s2 / mo.sxx).sqrt()], dim=-1
     )
     varies = mo.sxx.sqrt() > noise_floor(mo.mean_x, n)
-    return _finish(data, alpha, beta, ssr, stderr, syy, 2, varies)
+    return _finish(data, alpha, beta, mo.ssr, stderr, mo.syy, 2, varies)
 
 
 def _simple_origin(data: Data) -> OLSFit:

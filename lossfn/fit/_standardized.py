@@ -67,7 +67,7 @@ def standardized(
         )
     mo = moments(data)
     n = data.n
-    syy = torch.linalg.vector_norm(mo.dy, dim=-1).square() - mo.sum_dy * mo.sum_dy / n
+    syy = mo.syy
     rho = mo.sxy / (mo.sxx * syy).sqrt()
     std_x, std_y = (mo.sxx / n).sqrt(), (syy / n).sqrt()
     ok = (
