@@ -107,32 +107,30 @@ def in_blocks(fn, *arrays: Optional[torch.Tensor]) -> tuple:
 
 
 def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
-    """``(c, v − c, Σ(v − c))`` with ``c`` the first-pass mean; 0 at absent points."""
+    """``(c, v − c)`` with ``c`` the first-pass mean; ``v − c`` is 0 at absent points."""
     if present is None:
         centre = v.sum(-1) / n
-        shifted = v - centre.unsqueeze(-1)
-    else:
-        v = torch.where(present, v, 0.0)  # nan or inf there is never read
-        centre = v.sum(-1) / n
-        # v − c·w keeps absent points at 0 in one fused op.
-        shifted = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
-    return centre, shifted, shifted.sum(-1)
+        return centre, v - centre.unsqueeze(-1)
+    v = torch.where(present, v, 0.0)  # nan or inf there is never read
+    centre = v.sum(-1) / n
+    # v − c·w keeps absent points at 0 in one fused op.
+    return centre, torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
 
 
-def _line_block(x, y, present, n) -> Moments:
-    cx, dx, sum_dx = _centred(x, present, n)
-    cy, dy, sum_dy = _centred(y, present, n)
-    # vecdot, not vector_norm(...)², for Sxx: the slope feeds α = ȳ − β·x̄,
+def _line_sums(x, y, present, n):
+    """Per-dataset sums of one block; everything after them is O(datasets) algebra."""
+    cx, dx = _centred(x, present, n)
+    cy, dy = _centred(y, present, n)
+    # vecdot, not vector_norm(...)², for Σdx²: the slope feeds α = ȳ − β·x̄,
     # which magnifies its last-ulp errors (Norris loses a digit with the norm).
-    sxx = torch.linalg.vecdot(dx, dx) - sum_dx * sum_dx / n
-    sxy = torch.linalg.vecdot(dx, dy) - sum_dx * sum_dy / n
-    syy = torch.linalg.vector_norm(dy, dim=-1).square() - sum_dy * sum_dy / n
-    slope = sxy / sxx
-    # Syy − β·Sxy cancels as r² → 1: SSR keeps about log10((1 − r²)/eps)
-    # digits (9 in float64 at r² = 1 − 1e-7; Norris keeps 11.7). A pass over
-    # the residuals would keep them all, at a quarter more time.
-    ssr = (syy - slope * sxy).clamp(min=0)
-    return Moments(cx + sum_dx / n, cy + sum_dy / n, sxx, sxy, syy, slope, ssr)
+    sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
+            torch.linalg.vector_norm(dy, dim=-1))
+    if x.dtype == torch.float64:
+        return sums
+    # float32: the first-pass mean is off by about eps·|x̄|, which is not small
+    # next to the spread when the offset is large (x ≈ 1e4 + U(0, 1)); the
+    # sums Σ(x − c) measure that error so that it can be removed.
+    return sums + (dx.sum(-1), dy.sum(-1))
 
 
 def moments(data: Data) -> Moments:
@@ -143,4 +141,16 @@ def moments(data: Data) -> Moments:
     and ``SSR = Syy − β̂·Sxy``. Each block of datasets is centred and reduced
     while it is in cache, so only the first pass reads memory.
     """
-    return Moments(*in_blocks(_line_block, data.x, data.y, data.present, data.n))
+    n = data.n
+    cx, cy, dxx, dxy, norm_dy, *shift = in_blocks(_line_sums, data.x, data.y, data.present, n)
+    sxx, sxy, syy = dxx, dxy, norm_dy.square()
+    if shift:
+        sum_dx, sum_dy = shift
+        sxx, sxy, syy = sxx - sum_dx * sum_dx / n, sxy - sum_dx * sum_dy / n, syy - sum_dy * sum_dy / n
+        cx, cy = cx + sum_dx / n, cy + sum_dy / n
+    slope = sxy / sxx
+    # Syy − β·Sxy cancels as r² → 1: SSR keeps about log10((1 − r²)/eps)
+    # digits (9 in float64 at r² = 1 − 1e-7; Norris keeps 11.7). A pass over
+    # the residuals would keep them all, at a quarter more time.
+    ssr = (syy - slope * sxy).clamp(min=0)
+    return Moments(cx, cy, sxx, sxy, syy, slope, ssr)
