@@ -76,26 +76,28 @@ class Moments(NamedTuple):
     ssr: torch.Tensor  # Σ(y − ȳ − β̂(x − x̄))², from the residuals themselves
 
 
-# Datasets are processed in blocks of about this many bytes per array, so that
+# Datasets are processed in blocks of about this many bytes of input, so that
 # the centred copies and products of a block are still in cache when the next
 # pass reads them: the passes after the first then cost cache, not memory,
 # bandwidth (measured: 1.3-1.6x faster for float64 batches of 8 MB).
-BLOCK_BYTES = 1 << 21
+BLOCK_BYTES = 1 << 22
 
 
 def in_blocks(fn, *arrays: Optional[torch.Tensor]) -> tuple:
-    """``fn(*arrays)`` evaluated on consecutive blocks of the first dim, concatenated.
+    """``fn(*arrays)`` evaluated on consecutive blocks of datasets, concatenated.
 
-    ``fn`` must treat the datasets along that dim independently and return a
-    tuple of tensors whose first dim is the block's. Arrays that are None are
-    passed as None. Splitting is by shape only (never by value), so this is
-    transparent to autograd and ``torch.func``; tensors without a batch dim
-    (for example inside ``vmap`` of a one-dataset call) run in one block.
+    ``arrays[0]`` is laid out (..., m) (the response); every array shares its
+    leading dim, which is split. ``fn`` must treat the datasets along it
+    independently and return a tuple of tensors whose first dim is the
+    block's. Arrays that are None are passed as None. Splitting is by shape
+    only (never by value), so this is transparent to autograd and
+    ``torch.func``; data without a batch dim (for example inside ``vmap`` of a
+    one-dataset call) run in one block.
     """
     lead = arrays[0]
     if lead.dim() < 2:
         return fn(*arrays)
-    row_bytes = lead[0].numel() * lead.element_size()
+    row_bytes = sum(a[0].numel() * a.element_size() for a in arrays if a is not None)
     rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
     if lead.shape[0] <= rows:
         return fn(*arrays)
@@ -117,7 +119,7 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     return centre, torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
 
 
-def _line_sums(x, y, present, n):
+def _line_sums(y, x, present, n):
     """Per-dataset sums of one block; everything after them is O(datasets) algebra."""
     cx, dx = _centred(x, present, n)
     cy, dy = _centred(y, present, n)
@@ -142,7 +144,7 @@ def moments(data: Data) -> Moments:
     while it is in cache, so only the first pass reads memory.
     """
     n = data.n
-    cx, cy, dxx, dxy, norm_dy, *shift = in_blocks(_line_sums, data.x, data.y, data.present, n)
+    cx, cy, dxx, dxy, norm_dy, *shift = in_blocks(_line_sums, data.y, data.x, data.present, n)
     sxx, sxy, syy = dxx, dxy, norm_dy.square()
     if shift:
         sum_dx, sum_dy = shift

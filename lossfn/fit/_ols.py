@@ -21,8 +21,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._design import Data, moments, noise_floor, prepare, zero_absent
-from ._solve import solve_centred
+from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
+from ._solve import Solution, solve_centred
 
 __all__ = ["OLSFit", "ols"]
 
@@ -162,13 +162,13 @@ def _simple_origin(data: Data) -> OLSFit:
     )
 
 
-def _multiple(data: Data, intercept: bool) -> OLSFit:
-    n = data.n
-    d = data.x.shape[-1]
-    rows = None if data.present is None else data.present.unsqueeze(-2)
+def _multiple_block(y, x, present, n, intercept: bool):
+    """Centre one block of datasets and solve it: per-dataset results only."""
+    d = x.shape[-1]
+    rows = None if present is None else present.unsqueeze(-2)
     # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
     # batched products over the points are fastest.
-    aug = torch.cat([data.x.mT, data.y.unsqueeze(-2)], dim=-2)
+    aug = torch.cat([x.mT, y.unsqueeze(-2)], dim=-2)
     if intercept:
         # One-pass centring on the first-pass mean; the tiny mean that is
         # left (``offset``) is removed exactly in the solver's small algebra.
@@ -176,12 +176,23 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         aug = zero_absent(aug.sub_(first.unsqueeze(-1)), rows)  # aug is ours: in place
         offset = aug.sum(-1) / n.unsqueeze(-1)
         means = first + offset
-        centres = means[..., :d]
     else:
         aug = zero_absent(aug, rows)
         offset = None
-        centres = torch.zeros_like(aug[..., :d, 0])
-    sol = solve_centred(aug, offset, n, centres)
+        means = torch.zeros_like(aug[..., 0])
+    return (means,) + tuple(solve_centred(aug, offset, n, means[..., :d]))
+
+
+def _multiple(data: Data, intercept: bool) -> OLSFit:
+    n = data.n
+    d = data.x.shape[-1]
+    # Blocks of datasets keep the centred copy in cache for the passes that
+    # follow, and spare the page faults of allocating it whole.
+    means, *solved = in_blocks(
+        lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
+        data.y, data.x, data.present, n,
+    )
+    sol = Solution(*solved)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
