@@ -329,3 +329,39 @@ def test_gradient_through_the_multiple_fit_with_a_mask():
         resid = sm.OLS(y[k, :length].detach().numpy(), design).fit().resid
         np.testing.assert_allclose(y.grad[k, :length].numpy(), 2 * resid, rtol=1e-8, atol=1e-10)
         assert torch.all(y.grad[k, length:] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [None, 2])
+def test_batches_split_into_blocks_match_statsmodels(monkeypatch, dtype, d):
+    """Big batches are fitted in blocks of datasets; force many small, uneven
+    blocks (batch (5, 2), a broadcast x, a mask, a degenerate dataset) and check
+    every dataset against statsmodels."""
+    # 1 or 2 rows of the batch per block (the last one shorter), depending on dtype and d
+    monkeypatch.setattr(lossfn.fit._design, "BLOCK_BYTES", 1200)
+    gen = torch.Generator().manual_seed(12)
+    m = 30
+    x = torch.randn(1, 2, m, d or 1, generator=gen, dtype=torch.float64) * 2 + 50
+    x = x.expand(5, 2, m, d or 1)  # one design shared by the first batch dim
+    y = x.sum(-1) * 0.7 - 3 + torch.randn(5, 2, m, generator=gen, dtype=torch.float64)
+    mask = torch.rand(5, 2, m, generator=gen) < 0.8
+    mask[3, 1] = False  # a dataset with no points
+    x_in = x.squeeze(-1) if d is None else x
+    res = fit.ols(x_in.to(dtype), y.to(dtype), mask=mask)
+    assert res.ok.sum().item() == 9 and not res.ok[3, 1]
+    rtol = 1e-9 if dtype == torch.float64 else 2e-3
+    for i in range(5):
+        for j in range(2):
+            if (i, j) == (3, 1):
+                assert torch.isnan(res.slope[i, j]).all()
+                continue
+            keep = mask[i, j].numpy()
+            xs = x[i, j].to(dtype).double().numpy()[keep]
+            ys = y[i, j].to(dtype).double().numpy()[keep]
+            ref = sm.OLS(ys, sm.add_constant(xs, has_constant="add")).fit()
+            ours = np.concatenate([[res.intercept[i, j].item()],
+                                   np.atleast_1d(res.slope[i, j].double().numpy())])
+            np.testing.assert_allclose(ours, ref.params, rtol=rtol)
+            np.testing.assert_allclose(res.stderr[i, j].double().numpy(), ref.bse, rtol=rtol)
+            assert res.sigma2[i, j].item() * keep.sum() == pytest.approx(ref.ssr, rel=rtol)
+            assert res.r2[i, j].item() == pytest.approx(ref.rsquared, rel=rtol)
