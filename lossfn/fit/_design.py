@@ -4,13 +4,17 @@ Two things make closed-form fits inaccurate, and both are handled here:
 
 * Offsets. ``Σx² − n·x̄²`` loses every digit that the offset ``x̄`` shares with
   the data (``x ≈ 1e4 + U(0, 1)`` in float32 has none left). The data are
-  centred on a first-pass mean ``c`` instead, and the moments are the shifted
-  sums ``Σ(x − c)² − (Σ(x − c))²/n``: the correction is tiny, so nothing
-  cancels, and the result is the exact-mean value to working precision.
+  centred on a first-pass mean ``c`` instead. In float32 the moments are the
+  shifted sums ``Σ(x − c)² − (Σ(x − c))²/n``: the correction is tiny, so
+  nothing cancels, and the result is the exact-mean value to working
+  precision. In float64 the first-pass mean is already that good next to any
+  spread the data can resolve, and the correction sums are skipped.
 * Absent points. Masked-out entries are replaced by zeros with ``torch.where``
   before any arithmetic, so nan or 1e30 there cannot leak into a sum
   (multiplying by a 0/1 weight would not do: ``0 · nan`` is nan).
 
+Large batches are processed in blocks of datasets (:func:`in_blocks`), so that
+the centred copies are still in cache when the next pass reads them.
 Everything is free of Python branches on tensor values (``torch.func.vmap``-safe).
 """
 

@@ -62,8 +62,10 @@ def ols(
 ) -> OLSFit:
     r"""Fit ``y ≈ α + xβ`` by least squares, for every dataset of a batch at once.
 
-    One predictor uses the centred closed form above (shifted sums: accurate
-    with large offsets, even in float32). Several predictors are centred,
+    One predictor uses the centred closed form above (accurate with large
+    offsets, even in float32), with ``SSR = Syy − β̂·Sxy``, which keeps about
+    ``log10((1 − r²)/eps)`` significant digits of ``sigma2`` and ``stderr``
+    (the coefficients keep all). Several predictors are centred,
     scaled to unit norm and solved by shifted CholeskyQR2 on batched Gram
     matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
     StRD problems (Filip included) and never truncates the rank silently.
