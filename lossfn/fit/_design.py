@@ -77,13 +77,16 @@ class Moments(NamedTuple):
     sxy: torch.Tensor  # Σ(x − x̄)(y − ȳ)
     syy: torch.Tensor  # Σ(y − ȳ)²
     slope: torch.Tensor  # β̂ = Sxy/Sxx
-    ssr: torch.Tensor  # Σ(y − ȳ − β̂(x − x̄))², from the residuals themselves
+    ssr: torch.Tensor  # Σ(y − ȳ − β̂(x − x̄))² = Syy − β̂·Sxy
 
 
 # Datasets are processed in blocks of about this many bytes of input, so that
 # the centred copies and products of a block are still in cache when the next
 # pass reads them: the passes after the first then cost cache, not memory,
-# bandwidth (measured: 1.3-1.6x faster for float64 batches of 8 MB).
+# bandwidth, and no whole-batch temporary is allocated (those page-fault).
+# Measured on one CPU core: 1-4 MB beats smaller blocks (per-op overhead) and
+# larger ones; 1.3-1.8x faster than one block for 8 MB float64 batches, and
+# 1.6x for the multiple regression at d = 20 (benchmarks/fits.py).
 BLOCK_BYTES = 1 << 22
 
 
@@ -96,10 +99,12 @@ def in_blocks(fn, *arrays: Optional[torch.Tensor]) -> tuple:
     block's. Arrays that are None are passed as None. Splitting is by shape
     only (never by value), so this is transparent to autograd and
     ``torch.func``; data without a batch dim (for example inside ``vmap`` of a
-    one-dataset call) run in one block.
+    one-dataset call) run in one block, as does data off the CPU.
     """
     lead = arrays[0]
-    if lead.dim() < 2:
+    # The cache argument is a CPU one; on an accelerator, blocks would only
+    # multiply kernel launches.
+    if lead.dim() < 2 or lead.device.type != "cpu":
         return fn(*arrays)
     row_bytes = sum(a[0].numel() * a.element_size() for a in arrays if a is not None)
     rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
