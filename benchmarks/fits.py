@@ -16,7 +16,7 @@ Every number is the median of ``--repeats`` timed calls after one warm-up call,
 the peers of one row interleaved (``benchmarks/_timing.py``) so that machine
 noise hits them alike; by the wall clock (default) or, with ``--clock cpu``, by
 the process's CPU time, which is steadier on a shared, oversubscribed machine
-(use it with ``--threads 1``).
+(use it with ``--threads 1``, which also limits numpy's BLAS).
 Targets (issue 3): ≥ 2× faster than lstsq and ≥ 100× faster than the statsmodels
 loop for simple regression, within 8× of the read-once floor; ≥ 3× faster
 than lstsq for multiple regression.
@@ -116,6 +116,11 @@ def main() -> None:
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+        # numpy's BLAS (statsmodels, scipy) gets the same number of threads:
+        # with the CPU clock, extra spinning BLAS threads would bill the peers.
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+        threadpool_limits(args.threads)
     dtypes = (torch.float32, torch.float64)
     if args.quick:
         shapes, repeats, loops, multi = [(200, 100), (20, 1000)], 3, 20, (100, 200)
