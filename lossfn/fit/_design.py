@@ -57,14 +57,15 @@ def zero_absent(v: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tenso
     return v if present is None else torch.where(present, v, 0.0)
 
 
-def noise_floor(centre: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+def noise_floor(centre: torch.Tensor, n: torch.Tensor, eps: Optional[float] = None) -> torch.Tensor:
     """Norm below which a centred column is rounding noise, not data.
 
     Centring ``x ≈ c`` leaves errors of about ``eps·|c|`` per point, so a column
     of norm below ``8·eps·|c|·√n`` carries no information (a constant column
-    centres to exactly 0 or to such noise).
+    centres to exactly 0 or to such noise). ``eps`` is the data's precision
+    (default: that of ``centre``'s dtype).
     """
-    eps = torch.finfo(centre.dtype).eps
+    eps = torch.finfo(centre.dtype).eps if eps is None else eps
     return 8 * eps * centre.abs() * n.sqrt()
 
 
@@ -110,10 +111,10 @@ def in_blocks(fn, *arrays: Optional[torch.Tensor]) -> tuple:
     rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
     if lead.shape[0] <= rows:
         return fn(*arrays)
-    parts = [
-        fn(*(None if a is None else a.narrow(0, start, min(rows, a.shape[0] - start)) for a in arrays))
-        for start in range(0, lead.shape[0], rows)
-    ]
+    parts = []
+    for start in range(0, lead.shape[0], rows):
+        size = min(rows, lead.shape[0] - start)
+        parts.append(fn(*(None if a is None else a.narrow(0, start, size) for a in arrays)))
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
@@ -157,7 +158,9 @@ def moments(data: Data) -> Moments:
     sxx, sxy, syy = dxx, dxy, norm_dy.square()
     if shift:
         sum_dx, sum_dy = shift
-        sxx, sxy, syy = sxx - sum_dx * sum_dx / n, sxy - sum_dx * sum_dy / n, syy - sum_dy * sum_dy / n
+        sxx = sxx - sum_dx * sum_dx / n
+        sxy = sxy - sum_dx * sum_dy / n
+        syy = syy - sum_dy * sum_dy / n
         cx, cy = cx + sum_dx / n, cy + sum_dy / n
     slope = sxy / sxx
     # Syy − β·Sxy cancels as r² → 1: SSR keeps about log10((1 − r²)/eps)

@@ -171,6 +171,13 @@ def _multiple_block(y, x, present, n, intercept: bool):
     # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
     # batched products over the points are fastest.
     aug = torch.cat([x.mT, y.unsqueeze(-2)], dim=-2)
+    # float32 on the CPU: one Gram pass in float64 (measured 1.3-1.5x faster
+    # than the two float32 passes of CholeskyQR2, and at least as accurate).
+    # On accelerators float64 can be far slower than float32: kept there.
+    data_eps = None
+    if aug.dtype == torch.float32 and aug.device.type == "cpu":
+        data_eps = torch.finfo(aug.dtype).eps
+        aug, n = aug.double(), n.double()
     if intercept:
         # One-pass centring on the first-pass mean; the tiny mean that is
         # left (``offset``) is removed exactly in the solver's small algebra.
@@ -182,7 +189,7 @@ def _multiple_block(y, x, present, n, intercept: bool):
         aug = zero_absent(aug, rows)
         offset = None
         means = torch.zeros_like(aug[..., 0])
-    return (means,) + tuple(solve_centred(aug, offset, n, means[..., :d]))
+    return (means,) + tuple(solve_centred(aug, offset, n, means[..., :d], data_eps=data_eps))
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
@@ -194,7 +201,8 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
         data.y, data.x, data.present, n,
     )
-    sol = Solution(*solved)
+    sol = Solution(*solved)  # float64 for float32 data on the CPU: cast at the end
+    n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
@@ -207,4 +215,7 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
-    return _finish(data, alpha, sol.coef, sol.ssr, stderr, sol.total, p, sol.full_rank)
+    alpha, coef, ssr, stderr, total = (
+        v.to(data.y.dtype) for v in (alpha, sol.coef, sol.ssr, stderr, sol.total)
+    )
+    return _finish(data, alpha, coef, ssr, stderr, total, p, sol.full_rank)

@@ -23,6 +23,11 @@ and a fourth the residuals. Iterative refinement on top
 (``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was tried and left out: with a
 working-precision residual it changed no NIST LRE by more than its own noise.
 
+float32 data on the CPU are solved in float64 instead (:mod:`lossfn.fit._ols`),
+where the Gram matrix is exact far beyond the data's precision: one unshifted
+Cholesky factorization then gives float32-QR accuracy or better, in one pass
+over the data plus the residual pass.
+
 Rank deficiency is decided on the scaled design: the smallest singular value of
 ``A`` is bounded below by ``1/‖R⁻¹‖_F`` (``R = L₁ᵀR₀``), and a design whose bound
 falls under ``eps·(max(n, d)·√d + 10·√(Σ_j 1 + (x̄_j/rms_j)²))`` (numpy's
@@ -73,6 +78,8 @@ def solve_centred(
     offset: Optional[torch.Tensor],
     n: torch.Tensor,
     means: torch.Tensor,
+    *,
+    data_eps: Optional[float] = None,
 ) -> Solution:
     """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., d+1, m).
 
@@ -82,45 +89,54 @@ def solve_centred(
     ``means`` (..., d) are the column means the centring removed (0 without
     an intercept): they set the rounding noise of each centred column. Columns
     at that noise level count as zero, which makes the design rank deficient.
+
+    ``data_eps`` is the precision the data were given in, when ``aug`` holds
+    them in a wider dtype (float32 data in float64). The Gram matrix is then
+    accurate far beyond the data (``κ²·eps64 < κ·eps32`` for every
+    ``κ < eps32/eps64``, and float32 cannot resolve a larger ``κ`` anyway), so
+    one unshifted Cholesky factorization replaces the two passes of
+    CholeskyQR2; rank decisions use ``data_eps``.
     """
     d, m = aug.shape[-2] - 1, aug.shape[-1]
     eps = torch.finfo(aug.dtype).eps
+    one_pass = data_eps is not None and data_eps > eps
+    data_eps = eps if data_eps is None else data_eps
     eye = torch.eye(d, dtype=aug.dtype, device=aug.device)
 
     gram = _gram(aug, offset, n)
     norms = torch.diagonal(gram[..., :d, :d], dim1=-2, dim2=-1).sqrt()
-    live = norms > noise_floor(means, n.unsqueeze(-1))
+    live = norms > noise_floor(means, n.unsqueeze(-1), data_eps)
     scale = torch.where(live, 1 / norms, 0.0)
     gram_scaled = scale.unsqueeze(-1) * gram[..., :d, :d] * scale.unsqueeze(-2)
-    shift = 11 * (m * d + d * (d + 1)) * eps * d
+    shift = 0.0 if one_pass else 11 * (m * d + d * (d + 1)) * eps * d
     r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
     r0_inv = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
     t = scale.unsqueeze(-1) * r0_inv  # S·R₀⁻¹
 
-    # [Q₁ b]ᵀ = diag(T, 1)ᵀ·[X b]ᵀ: one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
-    t_aug = torch.nn.functional.pad(t, (0, 1, 0, 1))
-    t_aug[..., d, d] = 1
-    q_aug = t_aug.mT @ aug
-    q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_aug).squeeze(-2)
-    gram1 = _gram(q_aug, q_offset, n)
-    l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
-    gamma = torch.cholesky_solve(gram1[..., :d, d:], l1)  # Xβ = Q₁γ
-    coef = t @ gamma
+    if one_pass:
+        # Q₁ = X·T is orthonormal to working precision: Q₁ᵀb = Tᵀ·Xᵀb.
+        gamma = t.mT @ gram[..., :d, d:]
+        coef = t @ gamma
+        # The residuals b − Xβ from the (wide) data themselves.
+        ssr = _residual_ssr(aug, offset, n, coef)
+        cov_factor, scaled_factor, info1 = t, r0_inv.mT, info0
+    else:
+        # [Q₁ b]ᵀ = diag(T, 1)ᵀ·[X b]ᵀ: one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
+        t_aug = torch.nn.functional.pad(t, (0, 1, 0, 1))
+        t_aug[..., d, d] = 1
+        q_aug = t_aug.mT @ aug
+        q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_aug).squeeze(-2)
+        gram1 = _gram(q_aug, q_offset, n)
+        l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
+        gamma = torch.cholesky_solve(gram1[..., :d, d:], l1)  # Xβ = Q₁γ
+        coef = t @ gamma
+        # The residuals b − Q₁γ: Q₁ is well conditioned, so this loses no more
+        # than b − Xβ would.
+        ssr = _residual_ssr(q_aug, q_offset, n, gamma)
+        # (XᵀX)⁻¹ = (T L₁⁻ᵀ)(T L₁⁻ᵀ)ᵀ; on the scaled design, R₀⁻¹ L₁⁻ᵀ.
+        cov_factor = torch.linalg.solve_triangular(l1, t.mT, upper=False).mT  # T·L₁⁻ᵀ
+        scaled_factor = torch.linalg.solve_triangular(l1, r0_inv.mT, upper=False)
 
-    # The sum of squares from the residuals b − Q₁γ themselves: ‖b‖² − γᵀQ₁ᵀb
-    # would cancel when r² ≈ 1 and cannot see an exact fit (Wampler1). Q₁ is
-    # well conditioned, so this loses no more than b − Xβ would.
-    weights = torch.cat([-gamma, torch.ones_like(gamma[..., :1, :])], dim=-2)
-    residual = (weights.mT @ q_aug).squeeze(-2)
-    ssr = torch.linalg.vecdot(residual, residual)
-    if q_offset is not None:
-        mean_residual = (q_offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
-        ssr = ssr - n * mean_residual * mean_residual
-    ssr = ssr.clamp(min=0)  # an exact fit may round to -0.0…1e-30
-
-    # (XᵀX)⁻¹ = (T L₁⁻ᵀ)(T L₁⁻ᵀ)ᵀ; on the scaled design the factor is R₀⁻¹ L₁⁻ᵀ.
-    l1_inv_t = torch.linalg.solve_triangular(l1, t.mT, upper=False)  # L₁⁻¹Tᵀ
-    scaled_factor = torch.linalg.solve_triangular(l1, r0_inv.mT, upper=False)
     sigma_min_bound = 1 / torch.linalg.matrix_norm(scaled_factor)
     # Two noise sources bound what can be told from 0: the algorithm's own
     # rounding, eps·max(n, d)·√d (numpy's matrix_rank rule with ‖A‖_F = √d),
@@ -128,6 +144,23 @@ def solve_centred(
     # scaling, a perturbation of Frobenius norm eps·√(Σ_j 1 + (x̄_j/rms_j)²).
     offset_ratio = torch.where(live, means.abs() * n.unsqueeze(-1).sqrt() * scale, 0.0)
     data_noise = (1 + offset_ratio.square()).sum(-1).sqrt()
-    tol = eps * (torch.clamp(n, min=d) * d**0.5 + 10 * data_noise)
+    tol = data_eps * (torch.clamp(n, min=d) * d**0.5 + 10 * data_noise)
     full_rank = (info0 == 0) & (info1 == 0) & live.all(-1) & (sigma_min_bound > tol)
-    return Solution(coef.squeeze(-1), ssr, gram[..., d, d], l1_inv_t.mT, full_rank)
+    return Solution(coef.squeeze(-1), ssr, gram[..., d, d], cov_factor, full_rank)
+
+
+def _residual_ssr(
+    a: torch.Tensor, offset: Optional[torch.Tensor], n: torch.Tensor, gamma: torch.Tensor
+) -> torch.Tensor:
+    """``Σ r²`` for ``r = b − Qγ``, ``[Q b]ᵀ = a − offset·1ᵀ``, ``gamma`` (..., d, 1).
+
+    From the residuals themselves: ``‖b‖² − γᵀQᵀb`` would cancel when r² ≈ 1
+    and cannot see an exact fit (Wampler1).
+    """
+    weights = torch.cat([-gamma, torch.ones_like(gamma[..., :1, :])], dim=-2)
+    residual = (weights.mT @ a).squeeze(-2)
+    ssr = torch.linalg.vecdot(residual, residual)
+    if offset is not None:
+        mean_residual = (offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
+        ssr = ssr - n * mean_residual * mean_residual
+    return ssr.clamp(min=0)  # an exact fit may round to -0.0…1e-30

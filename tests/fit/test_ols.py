@@ -365,3 +365,18 @@ def test_batches_split_into_blocks_match_statsmodels(monkeypatch, dtype, d):
             np.testing.assert_allclose(res.stderr[i, j].double().numpy(), ref.bse, rtol=rtol)
             assert res.sigma2[i, j].item() * keep.sum() == pytest.approx(ref.ssr, rel=rtol)
             assert res.r2[i, j].item() == pytest.approx(ref.rsquared, rel=rtol)
+
+
+@pytest.mark.parametrize("name", ["Longley", "Pontius", "Wampler4", "Wampler5"])
+def test_float32_nist_designs_match_statsmodels(name):
+    """float32 data with polynomial (Wampler, Pontius) or collinear (Longley)
+    designs: the fit matches statsmodels' float64 fit of the same float32 data
+    to float32 precision (naive float32 normal equations lose every digit)."""
+    data = regression(name)
+    x, y = torch.tensor(data.x).float(), torch.tensor(data.y).float()
+    res = fit.ols(x, y)
+    assert res.ok.item() and res.slope.dtype == torch.float32
+    xs = x.double().numpy().reshape(len(data.y), -1)
+    ref = sm.OLS(y.double().numpy(), sm.add_constant(xs)).fit()
+    assert lre(_coefficients(res, True), ref.params) >= 5.5
+    assert lre(res.stderr.numpy(), ref.bse) >= 6
