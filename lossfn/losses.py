@@ -178,7 +178,10 @@ def huber(
         # the gradient still flows to a tensor δ (vmapped or differentiable).
         outside = torch.where(delta > 0, 1.0, math.nan)
         fused_reduction = reduction if delta.dim() == 0 and weight is None else "none"
-        per_element = F.huber_loss(pred / delta, target / delta, reduction=fused_reduction)
+        # Subtract before dividing: quotients of nearby large numbers lose digits.
+        standardized = (pred - target) / delta
+        zero = standardized.new_zeros(()).expand_as(standardized)
+        per_element = F.huber_loss(standardized, zero, reduction=fused_reduction)
         per_element = per_element * (delta * delta * outside)
         if fused_reduction != "none":
             return per_element

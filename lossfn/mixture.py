@@ -24,7 +24,7 @@ from typing import Union
 import torch
 
 from . import location as _location
-from .noise import NoiseModel, Param, Shape, _factory, _positive, _shape
+from .noise import NoiseModel, Param, Shape, _draw_shape, _factory, _positive
 
 __all__ = ["Contaminated"]
 
@@ -105,7 +105,7 @@ class Contaminated(NoiseModel):
         tensor_param = next((p for p in (self.scale, self.k, self.eps)
                              if isinstance(p, torch.Tensor)), self.scale)
         spec = _factory(tensor_param, dtype, device)
-        shape = _shape(shape)
+        shape = _draw_shape(shape, self.eps, self.k, self.scale)
         u = torch.rand(shape, generator=generator, **spec)
         z = torch.randn(shape, generator=generator, **spec)
         eps, k = torch.as_tensor(self.eps, **spec), torch.as_tensor(self.k, **spec)
@@ -144,11 +144,13 @@ class Contaminated(NoiseModel):
         ``L = 40·max(1, k)`` converges geometrically; 40 001 nodes give about
         12 correct digits for ``k ≤ 100``. Returns ``I(s = 1)/s²``.
         """
-        eps = torch.as_tensor(self.eps, dtype=torch.float64)
-        k = torch.as_tensor(self.k, dtype=torch.float64)
+        # The quadrature runs in float64 on the parameters' device.
+        device = next((p.device for p in (self.eps, self.k) if isinstance(p, torch.Tensor)), None)
+        eps = torch.as_tensor(self.eps, dtype=torch.float64, device=device)
+        k = torch.as_tensor(self.k, dtype=torch.float64, device=device)
         eps, k = torch.broadcast_tensors(eps, k)
         half_width = 40.0 * torch.clamp(k, min=1.0).unsqueeze(-1)
-        u = torch.linspace(-1.0, 1.0, 40_001, dtype=torch.float64) * half_width
+        u = torch.linspace(-1.0, 1.0, 40_001, dtype=torch.float64, device=device) * half_width
         e, kk = eps.unsqueeze(-1), k.unsqueeze(-1)
         nominal = (1 - e) * torch.exp(-0.5 * u**2 - _HALF_LOG_2PI)
         gross = e / kk * torch.exp(-0.5 * (u / kk) ** 2 - _HALF_LOG_2PI)
@@ -156,7 +158,7 @@ class Contaminated(NoiseModel):
         slope = -u * (nominal + gross / kk**2)
         integrand = torch.where(density > 0, slope**2 / density, 0.0)
         info = torch.trapezoid(integrand, u, dim=-1)
-        scale = torch.as_tensor(self.scale, dtype=torch.float64)
+        scale = torch.as_tensor(self.scale, dtype=torch.float64, device=device)
         info = info / scale**2
         if not any(isinstance(p, torch.Tensor) for p in (self.eps, self.k, self.scale)):
             return float(info)
