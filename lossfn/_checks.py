@@ -23,6 +23,8 @@ __all__ = [
     "broadcasts_to",
     "squeeze_hint",
     "as_parameter",
+    "check_positive",
+    "check_fraction",
     "check_regression_data",
     "check_design",
 ]
@@ -218,17 +220,69 @@ def check_design(fn: str, x: object, y: object) -> bool:
     )
 
 
-def as_parameter(value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:
-    """A Python number stays a float; a tensor is cast to ``like``'s dtype and device."""
+def as_parameter(fn: str, name: str, value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:
+    """A Python number stays a float; a real tensor is cast to ``like``'s dtype and device.
+
+    No value check: the functional core returns nan/inf outside a parameter's
+    domain instead of raising, so that it stays transform-safe.
+    """
     if isinstance(value, torch.Tensor):
         if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT):
-            raise TypeError(f"a scale-like parameter must be real, got {value.dtype}")
+            raise TypeError(
+                f"{fn}: {name} must be a real number or tensor, got dtype {value.dtype}. "
+                f"Pass a float or a float tensor."
+            )
         return value.to(dtype=like.dtype, device=like.device)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"a scale-like parameter must be a float or a tensor, got "
-            f"{type(value).__name__}"
+            f"{fn}: {name} must be a float or a tensor, got {type(value).__name__} "
+            f"{value!r}. Pass e.g. {name}=1.0 or {name}=torch.tensor(...)."
         )
+    return float(value)
+
+
+def check_positive(owner: str, name: str, value: Scalar) -> Union[float, torch.Tensor]:
+    """Validate a hyperparameter that must be finite and > 0 (once, at construction).
+
+    A number is returned as a float, a float tensor unchanged. This looks at
+    values, so it belongs in constructors and wrappers, never under a transform.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or not value.is_floating_point():
+            raise TypeError(
+                f"{owner}: {name} must be a float tensor, got dtype {value.dtype}. "
+                f"Use {name}.float() or a Python float."
+            )
+        if not bool((torch.isfinite(value) & (value > 0)).all()):
+            raise ValueError(
+                f"{owner}: {name} must be finite and > 0 everywhere, got {value}. "
+                f"Clamp it or use a positive value."
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{owner}: {name} must be a number or a float tensor, got "
+            f"{type(value).__name__} {value!r}."
+        )
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def check_fraction(owner: str, name: str, value: Scalar) -> Union[float, torch.Tensor]:
+    """Validate a probability in [0, 1] (once, at construction)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or not value.is_floating_point():
+            raise TypeError(f"{owner}: {name} must be a float tensor, got dtype {value.dtype}.")
+        if not bool(((value >= 0) & (value <= 1)).all()):
+            raise ValueError(f"{owner}: {name} must lie in [0, 1] everywhere, got {value}.")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{owner}: {name} must be a number or a float tensor, got {type(value).__name__}."
+        )
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{owner}: {name} must lie in [0, 1], got {value!r}.")
     return float(value)
 
 

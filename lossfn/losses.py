@@ -168,7 +168,7 @@ def huber(
     """
     check_pair("huber", pred, target)
     check_reduction("huber", reduction)
-    delta = as_parameter(delta, pred)
+    delta = as_parameter("huber", "delta", delta, pred)
     if isinstance(delta, float):
         if weight is None and delta > 0:
             return F.huber_loss(pred, target, reduction=reduction, delta=delta)

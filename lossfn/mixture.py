@@ -24,29 +24,12 @@ from typing import Union
 import torch
 
 from . import location as _location
-from .noise import NoiseModel, Param, Shape, _draw_shape, _factory, _positive
+from ._checks import check_fraction, check_positive
+from .noise import NoiseModel, Param, Shape, _draw_shape, _factory
 
 __all__ = ["Contaminated"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _fraction(owner: str, name: str, value: Param) -> Param:
-    """A mixing weight in [0, 1], validated once at construction."""
-    if isinstance(value, torch.Tensor):
-        if value.is_complex() or not value.is_floating_point():
-            raise TypeError(f"{owner}: {name} must be a float tensor, got {value.dtype}")
-        if not bool(((value >= 0) & (value <= 1)).all()):
-            raise ValueError(f"{owner}: {name} must lie in [0, 1] everywhere, got {value}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a float or a tensor, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{owner}: {name} is the fraction of gross errors and must lie in [0, 1], "
-            f"got {value}. Typical values are 0.01 to 0.2."
-        )
-    return float(value)
 
 
 def _as(value: Param, like: torch.Tensor) -> torch.Tensor:
@@ -83,9 +66,9 @@ class Contaminated(NoiseModel):
     name = "contaminated"
 
     def __post_init__(self):
-        object.__setattr__(self, "eps", _fraction("Contaminated", "eps", self.eps))
-        object.__setattr__(self, "k", _positive("Contaminated", "k", self.k))
-        object.__setattr__(self, "scale", _positive("Contaminated", "scale", self.scale))
+        object.__setattr__(self, "eps", check_fraction("Contaminated", "eps", self.eps))
+        object.__setattr__(self, "k", check_positive("Contaminated", "k", self.k))
+        object.__setattr__(self, "scale", check_positive("Contaminated", "scale", self.scale))
 
     def log_prob(self, residual: torch.Tensor) -> torch.Tensor:
         r"""``log p(ε)`` elementwise, as a log-sum-exp of the two components."""

@@ -74,7 +74,7 @@ def shares(
     if pred.dim() == 0:
         raise ValueError(f"{fn}: pred and target need a last dimension of m points, got a scalar.")
     check_mask(fn, mask, pred.shape)
-    delta = as_parameter(delta, pred)
+    delta = as_parameter("shares", "delta", delta, pred)
     residual = pred - target
     if mask is not None:
         # Zero the masked residuals before any arithmetic (a where after it would
