@@ -117,7 +117,14 @@ def huber_rho(residual: torch.Tensor, delta: Union[float, torch.Tensor]) -> torc
     Written with ``torch.where`` so it has no Python branch; at ``|ε| = δ`` it
     takes the quadratic branch, so the second derivative there is 1. Both
     branches are finite everywhere, so no nan leaks into the gradient. ``delta``
-    may be a tensor that broadcasts against ``residual`` (and is differentiable).
+    may be a tensor that broadcasts against ``residual`` (and is differentiable);
+    for ``δ ≤ 0`` the result is nan.
+
+    Example:
+        >>> import torch
+        >>> from lossfn.losses import huber_rho
+        >>> huber_rho(torch.tensor([-3.0, 0.5, 1.0]), 1.0)
+        tensor([2.5000, 0.1250, 0.5000])
     """
     if isinstance(delta, (int, float)) and not delta > 0:
         return torch.full_like(residual, math.nan)

@@ -38,6 +38,10 @@ Param = Union[float, torch.Tensor]
 
 
 class _Criterion(nn.Module):
+    """Base of the criteria: ``forward(pred, target, weight=None)`` (NLL criteria
+    also take ``scale=``), with ``pred``/``target`` of one shape and ``weight``
+    broadcastable to it; returns what the functional returns for ``reduction``."""
+
     def __init__(self, *, reduction: str = "mean"):
         super().__init__()
         self.reduction = check_reduction(type(self).__name__, reduction)
