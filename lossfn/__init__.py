@@ -4,13 +4,21 @@ Squared error is the Gaussian NLL, absolute error the Laplace NLL, Huber's loss
 the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nll`, :mod:`lossfn.location`) is pure and composes with
 ``torch.func``; :mod:`lossfn.noise` ties each loss to its density;
-:mod:`lossfn.nn` holds thin ``nn.Module`` criteria.
+:mod:`lossfn.nn` holds thin ``nn.Module`` criteria; :mod:`lossfn.fit` the
+batched closed-form fits (OLS, the standardized line, location/scale).
 """
 
 from . import fit as fit
+from . import grads as grads
 from . import location as location
 from . import nn as nn
 from ._errors import ShapeError as ShapeError
+from .grads import Shares as Shares
+from .grads import grad_norm_method as grad_norm_method
+from .grads import per_sample_grad_norms as per_sample_grad_norms
+from .grads import per_sample_grads as per_sample_grads
+from .grads import pred_grad as pred_grad
+from .grads import shares as shares
 from .losses import huber as huber
 from .losses import mae as mae
 from .losses import mse as mse
@@ -36,7 +44,14 @@ __all__ = [
     "Gaussian",
     "Laplace",
     "Huber",
-    "location",
+    "per_sample_grads",
+    "per_sample_grad_norms",
+    "grad_norm_method",
+    "pred_grad",
+    "Shares",
+    "shares",
     "fit",
+    "grads",
+    "location",
     "nn",
 ]

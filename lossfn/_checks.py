@@ -7,7 +7,7 @@ values, so it is safe to call under ``torch.func`` transforms.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -20,8 +20,9 @@ __all__ = [
     "check_pair",
     "check_weight",
     "check_mask",
+    "squeeze_hint",
     "as_parameter",
-    "check_design",
+    "check_regression_data",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -60,11 +61,13 @@ def check_float_tensor(fn: str, name: str, value: object) -> torch.Tensor:
     return value
 
 
-def _squeeze_hint(a: torch.Size, b: torch.Size) -> str:
+def squeeze_hint(a: torch.Size, b: torch.Size, names=("pred", "target")) -> str:
+    """The likely fix for two shapes that should be equal, naming the tensors."""
+    first, second = names
     if len(a) == len(b) + 1 and a[-1] == 1 and a[:-1] == b:
-        return "pred has a trailing dimension of size 1: use pred.squeeze(-1)."
+        return f"{first} has a trailing dimension of size 1: use {first}.squeeze(-1)."
     if len(b) == len(a) + 1 and b[-1] == 1 and b[:-1] == a:
-        return "target has a trailing dimension of size 1: use target.squeeze(-1)."
+        return f"{second} has a trailing dimension of size 1: use {second}.squeeze(-1)."
     if len(a) == len(b) and sorted(a) == sorted(b):
         return "the dimensions look permuted: check the order of the axes."
     return "reshape one of them so that both have the same shape."
@@ -79,7 +82,7 @@ def check_pair(fn: str, pred: object, target: object) -> None:
             f"{fn}: pred and target must have the same shape, got pred "
             f"{tuple(pred.shape)} and target {tuple(target.shape)}; lossfn does "
             f"not broadcast them (torch only warns and pairs the wrong elements). "
-            f"Fix: {_squeeze_hint(pred.shape, target.shape)}"
+            f"Fix: {squeeze_hint(pred.shape, target.shape)}"
         )
 
 
@@ -122,33 +125,66 @@ def check_mask(fn: str, mask: Optional[torch.Tensor], shape: torch.Size) -> None
         )
 
 
-def check_design(fn: str, x: object, y: object) -> bool:
-    """Require a regression design: float ``y`` of shape ``(..., m)`` and float ``x``
-    of shape ``(..., m)`` (simple regression) or ``(..., m, d)`` (multiple).
+def check_regression_data(
+    fn: str, x: object, y: object, mask: Optional[torch.Tensor]
+) -> Tuple[bool, torch.Size]:
+    """Validate regression data; return (one predictor?, broadcast batch shape).
 
-    Returns True for simple regression. Batch dims are not broadcast: an ``x``
-    shared by many datasets must be expanded to ``y``'s batch shape first.
+    ``x`` of ``y``'s rank (..., m) means one predictor; one more dimension
+    (..., m, d) means ``d`` predictors. ``y`` is (..., m); the point counts must
+    agree exactly, batch dims (and ``mask``, bool (..., m)) broadcast. Both
+    must be float32 or float64 of the same dtype.
     """
     check_float_tensor(fn, "x", x)
     check_float_tensor(fn, "y", y)
     if x.dtype != y.dtype:
         raise TypeError(
-            f"{fn}: x and y must have the same dtype, got x {x.dtype} and y {y.dtype}. "
-            f"Convert one of them, e.g. x.to(y.dtype)."
+            f"{fn}: x has dtype {x.dtype} and y has dtype {y.dtype}; a fit is done "
+            f"in one precision. Convert one of them, e.g. x.to(y.dtype)."
+        )
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{fn}: dtype {x.dtype} is too coarse for a least-squares fit (and "
+            "torch has no half-precision Cholesky); use float32 or float64, e.g. "
+            "x.float() and y.float()."
         )
     if y.dim() == 0:
-        raise ShapeError(f"{fn}: y must have shape (..., m), got a scalar.")
-    if x.shape == y.shape:
-        return True
-    if x.dim() == y.dim() + 1 and x.shape[:-1] == y.shape:
-        return False
-    raise ShapeError(
-        f"{fn}: x must have shape (..., m) (simple regression) or (..., m, d) "
-        f"(multiple regression) with y of shape (..., m); got x {tuple(x.shape)} "
-        f"and y {tuple(y.shape)}. Batch dims are not broadcast: use "
-        f"x.expand(*y.shape[:-1], *x.shape[-2:]) for a shared design, or "
-        f"x.unsqueeze(-1) for one feature."
-    )
+        raise ShapeError(f"{fn}: y must have a point dimension (..., m), got a scalar.")
+    m = y.shape[-1]
+    if x.dim() == y.dim():
+        simple, x_points = True, x.shape[-1]
+    elif x.dim() == y.dim() + 1:
+        simple, x_points = False, x.shape[-2]
+    else:
+        raise ShapeError(
+            f"{fn}: x must be (..., m) for one predictor or (..., m, d) for d "
+            f"predictors, with y (..., m); got x {tuple(x.shape)} and y "
+            f"{tuple(y.shape)}."
+        )
+    if x_points != m:
+        hint = (
+            " x looks transposed: pass x.mT so that points run along dim -2."
+            if not simple and x.shape[-1] == m
+            else ""
+        )
+        raise ShapeError(
+            f"{fn}: x and y must have the same number of points m, got x "
+            f"{tuple(x.shape)} ({x_points} points) and y {tuple(y.shape)} "
+            f"({m} points).{hint}"
+        )
+    if not simple and x.shape[-1] == 0:
+        raise ShapeError(f"{fn}: x {tuple(x.shape)} has no predictors (d = 0).")
+    x_batch = x.shape[:-1] if simple else x.shape[:-2]
+    try:
+        batch = torch.broadcast_shapes(x_batch, y.shape[:-1])
+    except RuntimeError:
+        raise ShapeError(
+            f"{fn}: the batch dims of x {tuple(x.shape)} and y {tuple(y.shape)} do "
+            f"not broadcast ({tuple(x_batch)} vs {tuple(y.shape[:-1])}). Give one "
+            "dataset per leading index."
+        ) from None
+    check_mask(fn, mask, batch + (m,))
+    return simple, batch
 
 
 def as_parameter(value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:

@@ -81,7 +81,8 @@ def _masked_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     upper = (n // 2).clamp(max=x.shape[-1] - 1).unsqueeze(-1)
     a = ordered.gather(-1, lower).squeeze(-1)
     b = ordered.gather(-1, upper).squeeze(-1)
-    middle = a + (b - a) / 2
+    # Halve first: exactly the rounded midpoint, and no overflow near the float max.
+    middle = 0.5 * a + 0.5 * b
     has_nan = (torch.isnan(x) & present).any(-1)
     return torch.where((n > 0) & ~has_nan, middle, math.nan)
 
@@ -180,9 +181,10 @@ def _huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tens
     """Exact root μ of ``g(μ) = Σ w_i clip(r_i − μ, −c, c)``, batched.
 
     ``g`` is continuous, non-increasing and linear between the breakpoints
-    ``r_i ± c``. Evaluating it at every breakpoint with prefix sums, finding the
-    sign change and interpolating linearly gives the root exactly, with no
-    iteration and no data-dependent control flow.
+    ``r_i ± c``. Evaluating it at every breakpoint with prefix sums and finding
+    the sign change locates the segment holding the root; on that segment
+    ``g(μ) = c·(n_high − n_low) + Σ_mid r − μ·n_mid``, which is solved in closed
+    form. No iteration, no data-dependent control flow.
     """
     present = w > 0
     n = w.sum(-1, keepdim=True)
@@ -191,33 +193,41 @@ def _huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tens
     zero = ordered.new_zeros(ordered.shape[:-1] + (1,))
     prefix_w = torch.cat([zero, weight.cumsum(-1)], dim=-1)
     prefix_r = torch.cat([zero, torch.where(weight > 0, ordered, 0.0).cumsum(-1)], dim=-1)
-
     cc = c.unsqueeze(-1)
-    knots = torch.cat([ordered - cc, ordered + cc], dim=-1).sort(dim=-1).values
-    below = torch.searchsorted(ordered, knots - cc, right=False)  # r < μ − c
-    within = torch.searchsorted(ordered, knots + cc, right=True)  # r ≤ μ + c
-    n_low = prefix_w.gather(-1, below)
-    n_mid = prefix_w.gather(-1, within) - n_low
-    n_high = n - prefix_w.gather(-1, within)
-    s_mid = prefix_r.gather(-1, within) - prefix_r.gather(-1, below)
-    g = cc * (n_high - n_low) + s_mid - knots * n_mid
 
+    def pieces(mu: torch.Tensor):
+        """Counts below/inside/above the band ``[μ − c, μ + c]`` and the sum inside."""
+        below = torch.searchsorted(ordered, mu - cc, right=False)  # r < μ − c
+        within = torch.searchsorted(ordered, mu + cc, right=True)  # r ≤ μ + c
+        n_low = prefix_w.gather(-1, below)
+        n_mid = prefix_w.gather(-1, within) - n_low
+        n_high = n - prefix_w.gather(-1, within)
+        s_mid = prefix_r.gather(-1, within) - prefix_r.gather(-1, below)
+        return cc * (n_high - n_low) + s_mid, n_mid
+
+    knots = torch.cat([ordered - cc, ordered + cc], dim=-1).sort(dim=-1).values
+    offset, n_mid = pieces(knots)
+    g = offset - knots * n_mid
     last = knots.shape[-1] - 1
 
     def crossing(count: torch.Tensor) -> torch.Tensor:
-        # The root lies between knot count-1 (g on the left side) and knot count.
+        # The root lies between knot count-1 (g above) and knot count (g below).
         right = count.clamp(1, last).unsqueeze(-1)
-        left = right - 1
-        a, b = knots.gather(-1, left), knots.gather(-1, right)
-        ga, gb = g.gather(-1, left), g.gather(-1, right)
-        step = torch.where(ga > gb, ga / (ga - gb), 0.0)
-        return (a + step * (b - a)).squeeze(-1)
+        a, b = knots.gather(-1, right - 1), knots.gather(-1, right)
+        ga, gb = g.gather(-1, right - 1), g.gather(-1, right)
+        interpolated = a + torch.where(ga > gb, ga / (ga - gb), 0.0) * (b - a)
+        # Solving the segment's own linear equation keeps full precision even
+        # when c dwarfs the data (interpolating between knots ±c would not).
+        seg_offset, seg_n = pieces(0.5 * a + 0.5 * b)
+        exact = seg_offset / seg_n
+        inside = (seg_n > 0) & (exact >= a) & (exact <= b)
+        return torch.where(inside, exact, interpolated).squeeze(-1)
 
     # Where g is zero on a whole segment, every point of it is a root: take the
     # midpoint, as the median does for an even count.
     lower = crossing((g > 0).sum(-1))
     upper = crossing((g >= 0).sum(-1))
-    return lower + (upper - lower) / 2
+    return 0.5 * lower + 0.5 * upper
 
 
 def huber_location(

@@ -169,8 +169,18 @@ def huber(
     check_pair("huber", pred, target)
     check_reduction("huber", reduction)
     delta = as_parameter(delta, pred)
-    if weight is None and isinstance(delta, float) and delta > 0:
-        return F.huber_loss(pred, target, reduction=reduction, delta=delta)
-    per_element = huber_rho(pred - target, delta)
+    if isinstance(delta, float):
+        if weight is None and delta > 0:
+            return F.huber_loss(pred, target, reduction=reduction, delta=delta)
+        per_element = huber_rho(pred - target, delta)
+    else:
+        # ρ_δ(ε) = δ²·ρ₁(ε/δ): torch's fused kernel with δ = 1 does the work, and
+        # the gradient still flows to a tensor δ (vmapped or differentiable).
+        outside = torch.where(delta > 0, 1.0, math.nan)
+        fused_reduction = reduction if delta.dim() == 0 and weight is None else "none"
+        per_element = F.huber_loss(pred / delta, target / delta, reduction=fused_reduction)
+        per_element = per_element * (delta * delta * outside)
+        if fused_reduction != "none":
+            return per_element
     check_weight("huber", weight, per_element.shape)
     return reduce(per_element, reduction, weight)

@@ -78,6 +78,13 @@ def _affine(
     return fused * factor + constant
 
 
+def _is_scalar(scale: Param) -> bool:
+    """A positive float or a 0-dim tensor: one factor for all elements (fast path)."""
+    if isinstance(scale, torch.Tensor):
+        return scale.dim() == 0
+    return scale > 0
+
+
 def _log(value: Param) -> Param:
     return torch.log(value) if isinstance(value, torch.Tensor) else safe_log(value)
 
@@ -118,7 +125,7 @@ def gaussian_nll(
     check_pair("gaussian_nll", pred, target)
     check_reduction("gaussian_nll", reduction)
     scale = as_parameter(scale, pred)
-    if weight is None and isinstance(scale, float) and scale > 0:
+    if weight is None and _is_scalar(scale):
         # One fused squared-error pass, then an affine map: as fast as mse.
         fused = F.mse_loss(pred, target, reduction=reduction)
         constant = _log(scale) + _HALF_LOG_2PI
@@ -161,9 +168,9 @@ def laplace_nll(
     check_pair("laplace_nll", pred, target)
     check_reduction("laplace_nll", reduction)
     scale = as_parameter(scale, pred)
-    if weight is None and isinstance(scale, float) and scale > 0:
+    if weight is None and _is_scalar(scale):
         fused = F.l1_loss(pred, target, reduction=reduction)
-        return _affine(fused, 1.0 / scale, math.log(2.0 * scale), reduction, pred.numel())
+        return _affine(fused, 1.0 / scale, _log(2.0 * scale), reduction, pred.numel())
     per_element = (target - pred).abs() / scale + _log(2.0 * scale)
     check_weight("laplace_nll", weight, per_element.shape)
     return reduce(per_element, reduction, weight)

@@ -1,8 +1,31 @@
-"""Batched regression fits: each dataset of a batch is fitted independently."""
+"""Batched fits: least squares, the standardized line, location/scale, LAD, Huber.
+
+Each fit is a maximum-likelihood estimate under a noise model (OLS under
+Gaussian noise, LAD under Laplace noise, Huber's M-estimate under Huber's
+noise), computed for a whole batch of datasets in one call: leading
+dimensions are datasets, results are NamedTuples with one entry per dataset
+and an ``ok`` flag for degenerate ones. Everything runs under
+``torch.func.vmap``.
+"""
 
 from ._huber import HuberFit as HuberFit
 from ._huber import huber as huber
 from ._lad import LADFit as LADFit
 from ._lad import lad as lad
+from ._location_scale import location_scale as location_scale
+from ._ols import OLSFit as OLSFit
+from ._ols import ols as ols
+from ._standardized import Standardized as Standardized
+from ._standardized import standardized as standardized
 
-__all__ = ["HuberFit", "LADFit", "huber", "lad"]
+__all__ = [
+    "OLSFit",
+    "ols",
+    "Standardized",
+    "standardized",
+    "location_scale",
+    "LADFit",
+    "lad",
+    "HuberFit",
+    "huber",
+]

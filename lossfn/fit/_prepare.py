@@ -14,10 +14,10 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .._checks import check_design, check_mask
+from ._design import prepare
 
 
-class Standardized(NamedTuple):
+class StandardForm(NamedTuple):
     """A batch of designs in standard form, plus what is needed to undo it.
 
     ``design`` is ``(..., m, p)`` with the intercept column (all ones) first when
@@ -40,8 +40,11 @@ def standardize(
     y: torch.Tensor,
     mask: Optional[torch.Tensor],
     intercept: bool,
-) -> Tuple[Standardized, bool]:
+) -> Tuple[StandardForm, bool]:
     """Validate ``x, y, mask`` and return the standardized problem and ``simple``.
+
+    Inputs follow :func:`lossfn.fit.ols`: ``x`` is ``(..., m)`` or ``(..., m, d)``,
+    ``y`` is ``(..., m)``, and their batch dims (and the mask's) broadcast.
 
     Columns are centred at their mean (only with an intercept, which absorbs the
     shift) and divided by their root mean square; ``y`` likewise centred, then
@@ -49,13 +52,13 @@ def standardize(
     replaced by 1 so that nothing divides by zero; such datasets are caught by
     the rank test of :func:`independent_rows`.
     """
-    simple = check_design(fn, x, y)
-    check_mask(fn, mask, y.shape)
-    cols = x.unsqueeze(-1) if simple else x
-    if mask is None:
+    data = prepare(fn, x, y, mask)  # validated, batch dims broadcast
+    simple, y = data.simple, data.y
+    cols = data.x.unsqueeze(-1) if simple else data.x
+    if data.present is None:
         weight = torch.ones_like(y)
     else:
-        present = mask.expand(y.shape)
+        present = data.present
         weight = present.to(y.dtype)
         # Masked-out entries may hold nan or inf: replace them, never multiply them.
         cols = torch.where(present.unsqueeze(-1), cols, 0.0)
@@ -80,11 +83,11 @@ def standardize(
     response = shifted / y_scale.unsqueeze(-1)
 
     design = torch.cat([w_col, columns], dim=-1) if intercept else columns
-    return Standardized(design, response, weight, x_centre, x_scale, y_centre, y_scale), simple
+    return StandardForm(design, response, weight, x_centre, x_scale, y_centre, y_scale), simple
 
 
 def unstandardize(
-    beta: torch.Tensor, std: Standardized, intercept: bool, simple: bool
+    beta: torch.Tensor, std: StandardForm, intercept: bool, simple: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Map standardized coefficients ``(..., p)`` back to ``(intercept, slope)``.
 

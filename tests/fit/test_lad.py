@@ -210,6 +210,14 @@ def test_iteration_cap_is_reported_not_silent():
     assert torch.equal(capped.ok, capped.objective <= full.objective * (1 + 1e-12))
 
 
+def test_shared_design_broadcasts_over_datasets():
+    X, y = _data("heavy", 4, 20, 2, seed=13)
+    shared = lad(X[:1], y)  # one design (1, m, d), four responses (4, m)
+    expanded = lad(X[0].expand(4, 20, 2), y)
+    torch.testing.assert_close(shared.objective, expanded.objective, rtol=1e-12, atol=0)
+    assert shared.slope.shape == (4, 2)
+
+
 def test_inputs_not_mutated():
     X, y = _data("heavy", 2, 10, 2, seed=1)
     mask = torch.ones(2, 10, dtype=torch.bool)
@@ -220,11 +228,13 @@ def test_inputs_not_mutated():
 
 def test_bad_arguments_raise_clear_errors():
     x = torch.zeros(3, 10)
-    with pytest.raises(ShapeError, match="lad: x must have shape"):
+    with pytest.raises(ShapeError, match="lad: x and y must have the same number of points"):
         lad(x, torch.zeros(3, 9))
+    with pytest.raises(ShapeError, match="lad: x must be"):
+        lad(torch.zeros(2, 3, 4, 10), torch.zeros(10))
     with pytest.raises(TypeError, match="lad: x has dtype torch.int64"):
         lad(torch.zeros(10, dtype=torch.long), torch.zeros(10))
-    with pytest.raises(TypeError, match="same dtype"):
+    with pytest.raises(TypeError, match="one precision"):
         lad(torch.zeros(10), torch.zeros(10, dtype=F64))
     with pytest.raises(TypeError, match="lad: mask must be a bool tensor"):
         lad(x, torch.zeros(3, 10), mask=torch.ones(3, 10))

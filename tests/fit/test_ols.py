@@ -1,0 +1,331 @@
+"""fit.ols against certified NIST values, statsmodels, scipy and exact float64 refits."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import scipy.stats
+import statsmodels.api as sm
+import torch
+
+import lossfn
+from lossfn import fit
+from nist_reference import REGRESSION, lre, regression
+
+# Minimum LRE over the coefficients (issue 3); standard errors >= 7 except Filip.
+COEF_GATE = {
+    "Norris": 12, "Pontius": 11, "NoInt1": 14, "NoInt2": 14, "Longley": 10.5,
+    "Wampler1": 7.5, "Wampler2": 7.5, "Wampler3": 7.5, "Wampler4": 7.5,
+    "Wampler5": 5.5, "Filip": 7,
+}
+
+
+def _coefficients(res: fit.OLSFit, intercept: bool) -> np.ndarray:
+    slope = np.atleast_1d(res.slope.numpy())
+    return np.concatenate([[res.intercept.item()], slope]) if intercept else slope
+
+
+@pytest.mark.parametrize("name", REGRESSION)
+def test_nist_certified_values(name):
+    data = regression(name)
+    res = fit.ols(torch.tensor(data.x), torch.tensor(data.y), intercept=data.intercept)
+    meta = data.meta
+    assert res.ok.item()
+    assert res.n.item() == meta["n"]
+    assert lre(_coefficients(res, data.intercept), meta["estimate"]) >= COEF_GATE[name]
+    if name != "Filip":
+        assert lre(res.stderr.numpy(), meta["std_error"]) >= 7
+    dof = meta["anova"]["residual"]["df"]
+    residual_sd = math.sqrt(res.sigma2.item() * meta["n"] / dof)
+    assert lre(residual_sd, meta["residual_sd"]) >= 7
+    assert lre(res.r2.item(), meta["r_squared"]) >= 7  # uncentred for NoInt1/2
+
+
+def test_nist_wampler_as_one_batch():
+    """Wampler1-5 share their design: one batched call meets every gate."""
+    sets = [regression(f"Wampler{k}") for k in range(1, 6)]
+    x = torch.tensor(sets[0].x).unsqueeze(0)  # (1, m, d) broadcasts against y (5, m)
+    y = torch.tensor(np.stack([s.y for s in sets]))
+    res = fit.ols(x, y)
+    for k, s in enumerate(sets):
+        coef = np.concatenate([[res.intercept[k].item()], res.slope[k].numpy()])
+        assert lre(coef, s.meta["estimate"]) >= COEF_GATE[f"Wampler{k + 1}"]
+
+
+def test_nist_padded_with_garbage():
+    """Norris padded with nan and 1e30 behind a mask keeps its certified digits."""
+    data = regression("Norris")
+    m = len(data.y)
+    x = torch.full((2, m + 9), math.nan, dtype=torch.float64)
+    y = torch.full((2, m + 9), 1e30, dtype=torch.float64)
+    x[:, :m], y[:, :m] = torch.tensor(data.x), torch.tensor(data.y)
+    mask = torch.arange(m + 9) < m
+    res = fit.ols(x, y, mask=mask)
+    assert res.ok.all()
+    for k in range(2):
+        coef = [res.intercept[k].item(), res.slope[k].item()]
+        assert lre(coef, data.meta["estimate"]) >= COEF_GATE["Norris"]
+
+
+def _random_batch(gen, batch, m, d, dtype=torch.float64):
+    x = torch.randn(batch, m, d, generator=gen, dtype=dtype) * 3 + 5
+    beta = torch.randn(batch, d, generator=gen, dtype=dtype)
+    noise = torch.randn(batch, m, generator=gen, dtype=dtype)
+    return x, (x @ beta.unsqueeze(-1)).squeeze(-1) + 2 + noise
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("d", [1, 4])
+def test_against_statsmodels(intercept, d):
+    gen = torch.Generator().manual_seed(d)
+    x, y = _random_batch(gen, 6, 25, d)
+    res = fit.ols(x, y, intercept=intercept)
+    for k in range(x.shape[0]):
+        design = x[k].numpy()
+        design = sm.add_constant(design, prepend=True) if intercept else design
+        ref = sm.OLS(y[k].numpy(), design).fit()
+        ours = _coefficients(fit.OLSFit(*(f[k] for f in res)), intercept)
+        np.testing.assert_allclose(ours, ref.params, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(res.stderr[k].numpy(), ref.bse, rtol=1e-10)
+        np.testing.assert_allclose(res.sigma2[k].item() * 25, ref.ssr, rtol=1e-10)
+        np.testing.assert_allclose(res.r2[k].item(), ref.rsquared, rtol=1e-10)
+    assert res.ok.all()
+
+
+def test_simple_against_scipy_linregress():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 40, generator=gen, dtype=torch.float64) * 10 - 3
+    y = 0.5 - 1.5 * x + torch.randn(8, 40, generator=gen, dtype=torch.float64)
+    res = fit.ols(x, y)
+    for k in range(8):
+        ref = scipy.stats.linregress(x[k].numpy(), y[k].numpy())
+        assert res.slope[k].item() == pytest.approx(ref.slope, rel=1e-12)
+        assert res.intercept[k].item() == pytest.approx(ref.intercept, rel=1e-12)
+        assert math.copysign(math.sqrt(res.r2[k].item()), res.slope[k].item()) == pytest.approx(
+            ref.rvalue, rel=1e-12)
+        assert res.stderr[k, 1].item() == pytest.approx(ref.stderr, rel=1e-10)
+        assert res.stderr[k, 0].item() == pytest.approx(ref.intercept_stderr, rel=1e-10)
+
+
+def test_one_predictor_both_paths_agree():
+    """x (..., m) and x (..., m, 1) take different code paths and must agree."""
+    gen = torch.Generator().manual_seed(2)
+    x, y = _random_batch(gen, 5, 30, 1)
+    a, b = fit.ols(x.squeeze(-1), y), fit.ols(x, y)
+    torch.testing.assert_close(a.slope, b.slope.squeeze(-1), rtol=1e-12, atol=0)
+    for field in ("intercept", "sigma2", "stderr", "r2", "n", "ok"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-11, atol=0)
+
+
+@pytest.mark.parametrize("d", [None, 3])
+def test_padded_equals_trimmed(d):
+    gen = torch.Generator().manual_seed(3)
+    lengths = [7, 30, 12, 19]
+    m = max(lengths)
+    x, y = _random_batch(gen, len(lengths), m, d or 1)
+    x = x.squeeze(-1) if d is None else x
+    mask = torch.arange(m) < torch.tensor(lengths).unsqueeze(-1)
+    # Garbage in the absent slots must not matter.
+    rows = mask if d is None else mask.unsqueeze(-1)
+    x_bad = torch.where(rows, x, torch.tensor([math.nan, 1e30])[torch.arange(x.numel()) % 2].view_as(x))
+    y_bad = torch.where(mask, y, 1e30)
+    res = fit.ols(x_bad, y_bad, mask=mask)
+    for k, length in enumerate(lengths):
+        alone = fit.ols(x[k, :length], y[k, :length])
+        for field, value in zip(res._fields, res):
+            torch.testing.assert_close(value[k], getattr(alone, field), rtol=1e-12, atol=1e-13,
+                                       msg=field)
+
+
+def test_inputs_are_not_mutated():
+    gen = torch.Generator().manual_seed(4)
+    x, y = _random_batch(gen, 3, 10, 2)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    copies = x.clone(), y.clone(), mask.clone()
+    fit.ols(x, y, mask=mask)
+    for a, b in zip((x, y, mask), copies):
+        assert torch.equal(a, b)
+
+
+def test_degenerate_datasets_in_a_batch():
+    gen = torch.Generator().manual_seed(5)
+    x, y = _random_batch(gen, 7, 12, 3)
+    mask = torch.ones(7, 12, dtype=torch.bool)
+    x[1, :, 2] = 4.2  # constant column
+    x[2, :, 2] = 2 * x[2, :, 0] - x[2, :, 1]  # collinear columns
+    x[3, :, 1] = x[3, :, 0]  # duplicated column
+    mask[4, 3:] = False  # 3 points, 4 parameters
+    mask[5] = False  # no points
+    y[6, 5] = math.nan  # nan in a present point
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fit.ols(x, y, mask=mask)
+    assert res.ok.tolist() == [True, False, False, False, False, False, False]
+    for field in ("intercept", "slope", "sigma2", "stderr", "r2"):
+        assert torch.isnan(getattr(res, field)[1:]).all(), field
+    assert res.n.tolist() == [12, 12, 12, 12, 3, 0, 12]
+    ref = sm.OLS(y[0].numpy(), sm.add_constant(x[0].numpy())).fit()
+    np.testing.assert_allclose(_coefficients(fit.OLSFit(*(f[0] for f in res)), True), ref.params,
+                               rtol=1e-10)
+
+
+def test_degenerate_simple_regression():
+    x = torch.tensor([[0.1, 0.1, 0.1, 0.1], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0],
+                      [5.0, 7.0, 9.0, 9.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 3.0, math.inf, 4.0], [2.0, 4.0, 6.0, 8.0],
+                      [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    mask = torch.tensor([[True] * 4, [True] * 4, [True] * 4, [True, False, False, False]])
+    res = fit.ols(x, y, mask=mask)
+    assert res.ok.tolist() == [False, False, True, False]
+    assert res.slope[2].item() == pytest.approx(2.0) and res.intercept[2].item() == pytest.approx(0.0)
+    assert torch.isnan(res.slope[[0, 1, 3]]).all()
+
+
+def test_two_points_exact_line_has_nan_stderr():
+    """n = p: the line is exact, sigma2 = 0, and no degrees of freedom are left."""
+    res = fit.ols(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 6.0]))
+    assert res.ok.item() and res.slope.item() == 2.0 and res.sigma2.item() == 0.0
+    assert torch.isnan(res.stderr).all()
+
+
+@pytest.mark.parametrize("shape", ["simple", "multiple", "origin", "multiple-origin"])
+def test_vmap_equals_batched(shape):
+    gen = torch.Generator().manual_seed(6)
+    x, y = _random_batch(gen, 4, 15, 2)
+    x = x if shape.startswith("multiple") else x[..., 0]
+    mask = torch.rand(4, 15, generator=gen) < 0.8
+    intercept = not shape.endswith("origin")
+    batched = fit.ols(x, y, mask=mask, intercept=intercept)
+    mapped = torch.func.vmap(lambda a, b, c: fit.ols(a, b, mask=c, intercept=intercept))(x, y, mask)
+    for field, a, b in zip(batched._fields, batched, mapped):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=field)
+
+
+@pytest.mark.parametrize("m", [100, 5000])
+def test_float32_large_offset(m):
+    """x ≈ 1e4 + U(0, 1) in float32: the slope matches the float64 fit of the same data."""
+    gen = torch.Generator().manual_seed(7)
+    x = 1e4 + torch.rand(3, m, generator=gen)
+    y = 3 - 2 * (x - 1e4) + 0.1 * torch.randn(3, m, generator=gen)
+    x, y = x.float(), y.float()
+    res = fit.ols(x, y)
+    for k in range(3):
+        exact = scipy.stats.linregress(x[k].double().numpy(), y[k].double().numpy())
+        assert res.slope[k].item() == pytest.approx(exact.slope, rel=1e-3)
+    # The naive formula from raw sums of squares is not even close here.
+    xs, ys = x.double().sum(-1).float(), y.double().sum(-1).float()
+    naive = (m * (x * y).sum(-1) - xs * ys) / (m * (x * x).sum(-1) - xs * xs)
+    assert not torch.allclose(naive.double(), res.slope.double(), rtol=1e-1)
+
+
+def test_float32_multiple_regression_with_offsets():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(4, 200, 3, generator=gen, dtype=torch.float64) + torch.tensor([1e3, -50.0, 7.0])
+    y = x @ torch.tensor([1.5, -2.0, 0.5], dtype=torch.float64) + 0.05 * torch.randn(
+        4, 200, generator=gen, dtype=torch.float64)
+    x32, y32 = x.float(), y.float()
+    res = fit.ols(x32, y32)
+    exact = fit.ols(x32.double(), y32.double())
+    assert res.slope.dtype == torch.float32
+    torch.testing.assert_close(res.slope.double(), exact.slope, rtol=1e-3, atol=0)
+
+
+def test_sgd_training_converges_to_ols():
+    """The source text's example: SGD on lossfn.mse reaches the closed-form fit."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(100, 1, generator=gen)
+    y = 1 + 2 * x + 0.1 * torch.randn(100, 1, generator=gen)
+    model = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(1000):  # full batch: one step per epoch
+        opt.zero_grad()
+        lossfn.mse(model(x), y).backward()
+        opt.step()
+    res = fit.ols(x.squeeze(-1), y.squeeze(-1))
+    assert abs(model.weight.item() - res.slope.item()) < 1e-3
+    assert abs(model.bias.item() - res.intercept.item()) < 1e-3
+    assert abs(res.slope.item() - 2) < 0.1 and abs(res.intercept.item() - 1) < 0.1
+
+
+def test_gradient_flows_through_the_fit():
+    """grad of the fitted slope w.r.t. y equals (x − x̄)/Sxx."""
+    x = torch.tensor([0.0, 1.0, 3.0, 4.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 2.0, 2.5, 5.0], dtype=torch.float64)
+    g = torch.func.grad(lambda v: fit.ols(x, v).slope)(y)
+    centred = x - x.mean()
+    torch.testing.assert_close(g, centred / (centred**2).sum())
+
+
+def test_jacobian_of_the_multiple_fit():
+    """d slope / d y is the pseudo-inverse of the centred design (a linear map)."""
+    gen = torch.Generator().manual_seed(10)
+    x, y = _random_batch(gen, 1, 12, 3)
+    x, y = x[0], y[0]
+    jac = torch.func.jacrev(lambda v: fit.ols(x, v).slope)(y)
+    centred = (x - x.mean(0)).numpy()
+    np.testing.assert_allclose(jac.numpy(), np.linalg.pinv(centred), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "x, y, kwargs, error, words",
+    [
+        (torch.zeros(3, 5), torch.zeros(4), {}, lossfn.ShapeError, "same number of points"),
+        (torch.zeros(3, 4), torch.zeros(4), {}, lossfn.ShapeError, "x.mT"),
+        (torch.zeros(2, 3, 4, 5), torch.zeros(4), {}, lossfn.ShapeError, "(..., m, d)"),
+        (torch.zeros(2, 4), torch.zeros(3, 4), {}, lossfn.ShapeError, "do not broadcast"),
+        (torch.zeros(4, 0), torch.zeros(4), {}, lossfn.ShapeError, "no predictors"),
+        (torch.zeros(4), torch.zeros(4, dtype=torch.float64), {}, TypeError, "x.to(y.dtype)"),
+        (torch.zeros(4, dtype=torch.int64), torch.zeros(4), {}, TypeError, "x.float()"),
+        (torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float16), {}, TypeError,
+         "float32 or float64"),
+        (torch.zeros(4), torch.zeros(4), {"intercept": 1}, TypeError, "True or False"),
+        (torch.zeros(4), torch.zeros(4), {"mask": torch.ones(4)}, TypeError, "bool"),
+        (torch.zeros(4), torch.zeros(4), {"mask": torch.ones(5, dtype=torch.bool)},
+         lossfn.ShapeError, "mask"),
+    ],
+)
+def test_bad_arguments_raise_clearly(x, y, kwargs, error, words):
+    with pytest.raises(error) as info:
+        fit.ols(x, y, **kwargs)
+    assert words in str(info.value)
+    assert "ols" in str(info.value) or error is TypeError
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_decision_accounts_for_offsets(dtype):
+    """x₂ = 3x₀ − 2x₁ + 100 on offset data is collinear up to the rounding of the
+    offsets: flagged. The same offsets without the collinearity fit fine."""
+    gen = torch.Generator().manual_seed(9)
+    spread = torch.tensor([1e-2, 3e-2, 1.0], dtype=torch.float64)
+    x = (100 + torch.randn(2, 40, 3, generator=gen, dtype=torch.float64) * spread)
+    x[1, :, 2] = 3 * x[1, :, 0] - 2 * x[1, :, 1] + 100
+    y = x @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.01 * torch.randn(
+        2, 40, generator=gen, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    res = fit.ols(x, y)
+    assert res.ok.tolist() == [True, False]
+    ref = sm.OLS(y[0].double().numpy(), sm.add_constant(x[0].double().numpy())).fit()
+    rtol = 1e-9 if dtype == torch.float64 else 5e-2
+    np.testing.assert_allclose(res.slope[0].double().numpy(), ref.params[1:], rtol=rtol)
+
+
+def test_gradient_through_the_multiple_fit_with_a_mask():
+    """Autograd (not only torch.func) through the masked multiple fit: d SSR / d y = 2r."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = _random_batch(gen, 2, 10, 2)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    y = y.clone().requires_grad_(True)
+    res = fit.ols(x, y, mask=mask)
+    (res.sigma2 * res.n).sum().backward()
+    for k, length in enumerate([10, 7]):
+        design = sm.add_constant(x[k, :length].numpy())
+        resid = sm.OLS(y[k, :length].detach().numpy(), design).fit().resid
+        np.testing.assert_allclose(y.grad[k, :length].numpy(), 2 * resid, rtol=1e-8, atol=1e-10)
+        assert torch.all(y.grad[k, length:] == 0)

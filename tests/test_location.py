@@ -1,0 +1,129 @@
+"""Batched location/scale estimators against numpy, scipy and a root finder."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import optimize, stats
+from torch.func import vmap
+
+from lossfn import location
+
+
+def _ragged(gen, batch=6, m=11):
+    x = torch.randn(batch, m, generator=gen, dtype=torch.float64) ** 3
+    lengths = torch.randint(1, m + 1, (batch,), generator=gen)
+    mask = torch.arange(m) < lengths[:, None]
+    junk = torch.where(mask, x, torch.tensor(math.nan, dtype=torch.float64))
+    return junk, mask, lengths
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 6, 101])
+def test_median_equals_numpy(m, gen):
+    x = torch.randn(4, m, generator=gen, dtype=torch.float64)
+    np.testing.assert_array_equal(location.median(x).numpy(), np.median(x.numpy(), axis=-1))
+
+
+def test_masked_estimators_equal_trimmed_numpy(gen):
+    x, mask, lengths = _ragged(gen)
+    med = location.median(x, mask=mask)
+    avg = location.mean(x, mask=mask)
+    lf = location.laplace_fit(x, mask=mask)
+    gf = location.gaussian_fit(x, mask=mask)
+    mad = location.mad_scale(x, mask=mask)
+    for i, n in enumerate(lengths.tolist()):
+        xi = x[i, :n].numpy()
+        assert med[i].item() == np.median(xi)
+        assert avg[i].item() == pytest.approx(np.mean(xi), rel=1e-14, abs=1e-15)
+        loc, b = stats.laplace.fit(xi)
+        assert lf.location[i].item() == pytest.approx(loc, abs=1e-14)
+        assert lf.scale[i].item() == pytest.approx(b, rel=1e-13, abs=1e-15)
+        mu, sd = stats.norm.fit(xi)
+        assert gf.location[i].item() == pytest.approx(mu, rel=1e-13, abs=1e-15)
+        assert gf.scale[i].item() == pytest.approx(sd, rel=1e-12, abs=1e-15)
+        assert mad[i].item() == pytest.approx(stats.median_abs_deviation(xi, scale="normal"), rel=1e-12, abs=1e-15)
+
+
+def test_empty_and_nan_samples_give_nan_without_poisoning(gen):
+    x = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    x[1, 2] = math.nan
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2] = False
+    for fn in (location.median, location.mean, lambda s, mask: location.huber_location(s, mask=mask).location):
+        out = fn(x, mask=mask)
+        assert torch.isfinite(out[0]) and torch.isnan(out[1]) and torch.isnan(out[2])
+    assert location.median(x, mask=mask)[0].item() == np.median(x[0].numpy())
+
+
+def test_dim_argument(gen):
+    x = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
+    np.testing.assert_array_equal(location.median(x, dim=0).numpy(), np.median(x.numpy(), axis=0))
+    np.testing.assert_allclose(location.gaussian_fit(x, dim=1).scale.numpy(), x.numpy().std(axis=1), rtol=1e-13)
+
+
+def _huber_root(xi, c):
+    f = lambda mu: np.clip(xi - mu, -c, c).sum()
+    return optimize.brentq(f, xi.min() - 1, xi.max() + 1, xtol=1e-15, rtol=1e-15)
+
+
+@pytest.mark.parametrize("m", [2, 3, 10, 57])
+def test_huber_location_is_the_root_of_the_estimating_equation(m, gen):
+    x = torch.randn(20, m, generator=gen, dtype=torch.float64) ** 3 * 5
+    fit = location.huber_location(x, delta=1.345)
+    for i in range(20):
+        xi = x[i].numpy()
+        s = stats.median_abs_deviation(xi, scale="normal")
+        assert fit.scale[i].item() == pytest.approx(s, rel=1e-12)
+        if s > 0:
+            # The root is unique when some point is inside the band; compare then.
+            mu = _huber_root(xi, 1.345 * s)
+            assert fit.location[i].item() == pytest.approx(mu, abs=1e-10 * (1 + abs(mu)))
+
+
+def test_huber_location_with_known_scale_ragged_and_tensor_delta(gen):
+    x, mask, lengths = _ragged(gen, batch=8, m=15)
+    delta = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)
+    fit = location.huber_location(x, delta=delta, scale=2.0, mask=mask)
+    for i, n in enumerate(lengths.tolist()):
+        xi = x[i, :n].numpy()
+        c = delta[i].item() * 2.0
+        g = lambda mu: np.clip(xi - mu, -c, c).sum()
+        mu = fit.location[i].item()
+        # On the root g vanishes; where g is flat at 0, mu must be inside that interval.
+        assert abs(g(mu)) < 1e-10 * (1 + np.abs(xi).sum())
+
+
+def test_huber_location_limits(gen):
+    x = torch.randn(4, 9, generator=gen, dtype=torch.float64)
+    big = location.huber_location(x, delta=1e6, scale=1.0).location
+    torch.testing.assert_close(big, x.mean(-1), rtol=1e-12, atol=1e-12)
+    small = location.huber_location(x, delta=1e-9, scale=1.0).location
+    torch.testing.assert_close(small, torch.from_numpy(np.median(x.numpy(), axis=-1)), rtol=0, atol=1e-8)
+
+
+def test_huber_location_flat_root_takes_the_midpoint():
+    # g(μ) = 0 on [1, 9]: the midpoint is 5, as for the median of two points.
+    x = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    assert location.huber_location(x, delta=1.0, scale=1.0).location.item() == 5.0
+
+
+def test_vmap_equals_batched(gen):
+    x, mask, _ = _ragged(gen)
+    for fn in (location.median, location.mean, location.mad_scale):
+        torch.testing.assert_close(vmap(lambda a, b: fn(a, mask=b))(x, mask), fn(x, mask=mask), equal_nan=True)
+    hub = vmap(lambda a, b: location.huber_location(a, mask=b).location)(x, mask)
+    torch.testing.assert_close(hub, location.huber_location(x, mask=mask).location, equal_nan=True)
+
+
+def test_mean_is_accurate_with_large_offsets():
+    # NIST NumAcc4-like: 1e7 + 0.1·k, float64
+    x = torch.tensor([1e7 + 0.2] + [1e7 + 0.1, 1e7 + 0.3] * 500, dtype=torch.float64)
+    assert location.mean(x).item() == pytest.approx(10000000.2, rel=1e-15)
+
+
+def test_bad_mask_type():
+    with pytest.raises(TypeError, match="bool"):
+        location.median(torch.zeros(3), mask=torch.ones(3))
+    with pytest.raises(TypeError, match="floating-point"):
+        location.median(torch.zeros(3, dtype=torch.long))
