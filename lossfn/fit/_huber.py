@@ -102,7 +102,7 @@ def huber(
     scale: Union[None, float, torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     intercept: bool = True,
-    max_iter: int = 25,
+    max_iter: Optional[int] = None,
     tol: Optional[float] = None,
 ) -> HuberFit:
     r"""Huber M-estimate of a linear regression, many datasets at once.
@@ -123,8 +123,9 @@ def huber(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit an intercept (default) or force the line through 0.
-        max_iter: iterations, the same for every dataset (default 25; with a
-            fixed scale ~5 are typical, with an estimated one ~10).
+        max_iter: iterations, the same for every dataset. Default 10 with a
+            fixed scale (at most 6 seen on heavy-tailed data), 25 with an
+            estimated one (at most 13 seen).
         tol: relative convergence tolerance (default ``eps**0.6``: ``4e-10``
             in float64, ``7e-5`` in float32).
 
@@ -157,6 +158,8 @@ def huber(
     eps = torch.finfo(X.dtype).eps
     if tol is None:
         tol = eps ** 0.6
+    if max_iter is None:
+        max_iter = 25 if scale is None else 10
     batch = yy.shape[:-1]
     delta_t = torch.as_tensor(delta, dtype=X.dtype, device=X.device).expand(batch)
     _, full_rank = independent_rows(X, w, torch.zeros_like(w))
