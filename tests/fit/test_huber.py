@@ -162,6 +162,9 @@ def test_vmap_equals_batched_call():
         torch.testing.assert_close(a, b)
     fixed = torch.func.vmap(lambda x, y: huber(x, y, scale=1.0))(X, y)
     torch.testing.assert_close(fixed.slope, huber(X, y, scale=1.0).slope)
+    mask = torch.arange(30) < torch.tensor([30, 22, 15, 9, 6]).unsqueeze(-1)
+    masked = torch.func.vmap(lambda x, y, m: huber(x, y, mask=m))(X, y, mask)
+    torch.testing.assert_close(masked.slope, huber(X, y, mask=mask).slope)
 
 
 def test_float32_and_dtype_follow_inputs():

@@ -187,6 +187,9 @@ def test_vmap_equals_batched_call():
     assert isinstance(mapped, LADFit)
     for a, b in zip(batched, mapped):
         torch.testing.assert_close(a, b)
+    mask = torch.arange(25) < torch.tensor([25, 20, 12, 9, 7, 4]).unsqueeze(-1)
+    masked = torch.func.vmap(lambda x, y, m: lad(x, y, mask=m))(X, y, mask)
+    torch.testing.assert_close(masked.objective, lad(X, y, mask=mask).objective)
 
 
 def test_float32_and_dtype_follow_inputs():
