@@ -160,8 +160,8 @@ def lad(
             that do not exist (their values are never read).
         intercept: fit ``α`` (default) or force the line through the origin.
         max_iter: basis exchanges, the same for every dataset (default
-            ``3·p + 10`` for ``p`` coefficients, about twice the most seen on
-            heavy-tailed data). Datasets that need more are
+            ``2·p + 12`` for ``p`` coefficients, 1.5 to 2 times the most seen
+            on heavy-tailed data). Datasets that need more are
             returned with ``ok=False``.
 
     Returns:
@@ -181,7 +181,7 @@ def lad(
     X, yy, w = std.design, std.response, std.weight
     p = X.shape[-1]
     if max_iter is None:
-        max_iter = 3 * p + 10
+        max_iter = 2 * p + 12
     eps = torch.finfo(X.dtype).eps
     floor = eps ** 0.5  # IRLS weight cap: 1/|r| for |r| above ~1e-8 of the spread
     zero_tol = eps ** 0.75  # |r| this small (in units of y's spread) is a zero
