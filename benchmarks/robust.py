@@ -44,17 +44,19 @@ def time_batched(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_loop(fit_one, X: np.ndarray, y: np.ndarray) -> float:
+def time_loop(fit_one, X: np.ndarray, y: np.ndarray):
+    """Median seconds per fit, and the fits."""
     fit_one(X[0], y[0])  # warm-up
-    times = []
+    times, fits = [], []
     for b in range(len(y)):
         start = time.perf_counter()
-        fit_one(X[b], y[b])
+        fits.append(fit_one(X[b], y[b]))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), fits
 
 
 def peers():
+    """Fit-one-dataset functions returning ``[intercept, slopes...]`` (numpy)."""
     import statsmodels.api as sm
     from scipy.optimize import linprog
     from sklearn.linear_model import HuberRegressor, QuantileRegressor
@@ -62,21 +64,32 @@ def peers():
     def lp(X, y):
         A = np.hstack([np.ones((len(y), 1)), X])
         m, p = A.shape
-        return linprog(np.r_[np.zeros(p), np.ones(2 * m)], A_eq=np.hstack([A, np.eye(m), -np.eye(m)]),
-                       b_eq=y, bounds=[(None, None)] * p + [(0, None)] * (2 * m), method="highs")
+        res = linprog(np.r_[np.zeros(p), np.ones(2 * m)], A_eq=np.hstack([A, np.eye(m), -np.eye(m)]),
+                      b_eq=y, bounds=[(None, None)] * p + [(0, None)] * (2 * m), method="highs")
+        return res.x[:p]
+
+    def sklearn_coef(model):
+        return np.r_[model.intercept_, model.coef_]
 
     lad_peers = {
-        "statsmodels QuantReg(q=0.5)": lambda X, y: sm.QuantReg(y, sm.add_constant(X, has_constant="add")).fit(q=0.5),
-        "sklearn QuantileRegressor(alpha=0, highs)": lambda X, y: QuantileRegressor(
-            quantile=0.5, alpha=0.0, solver="highs").fit(X, y),
+        "statsmodels QuantReg(q=0.5)": lambda X, y: sm.QuantReg(
+            y, sm.add_constant(X, has_constant="add")).fit(q=0.5).params,
+        "sklearn QuantileRegressor(alpha=0, highs)": lambda X, y: sklearn_coef(QuantileRegressor(
+            quantile=0.5, alpha=0.0, solver="highs").fit(X, y)),
         "scipy linprog(highs) loop": lp,
     }
     huber_peers = {
-        "statsmodels RLM(HuberT)": lambda X, y: sm.RLM(y, sm.add_constant(X, has_constant="add"),
-                                                       M=sm.robust.norms.HuberT()).fit(),
-        "sklearn HuberRegressor(alpha=0)": lambda X, y: HuberRegressor(alpha=0.0).fit(X, y),
+        "statsmodels RLM(HuberT)": lambda X, y: sm.RLM(
+            y, sm.add_constant(X, has_constant="add"), M=sm.robust.norms.HuberT()).fit().params,
+        "sklearn HuberRegressor(alpha=0)": lambda X, y: sklearn_coef(HuberRegressor(alpha=0.0).fit(X, y)),
     }
     return lad_peers, huber_peers
+
+
+def lad_gap(X, y, coef, best):
+    """Relative excess of a peer's Σ|r| over lossfn's exact optimum (0 = optimal)."""
+    objective = np.abs(y - coef[0] - X @ coef[1:]).sum()
+    return (objective - best) / best
 
 
 def main() -> None:
@@ -100,22 +113,35 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS, float64, "
           f"B={B}, m={m}, peers on {subset} datasets")
-    header = f"{'d':>2}  {'method':<44} {'time/fit':>11} {'ratio':>8}"
+    header = f"{'d':>2}  {'method':<44} {'time/fit':>11} {'ratio':>8}  {'accuracy':<}"
     print(header)
     print("-" * len(header))
     for d in (1, 5):
         X, y = make_data(B, m, d, seed=d)
         Xn, yn = X[:subset].numpy(), y[:subset].numpy()
-        for name, ours, group in (
-            ("lossfn.fit.lad (batched)", lambda: lad(X, y), lad_peers),
-            ("lossfn.fit.huber (batched)", lambda: huber(X, y), huber_peers),
+        lad_fit, huber_fit = lad(X, y), huber(X, y)
+        mine_lad = np.c_[lad_fit.intercept.numpy(), lad_fit.slope.numpy()]
+        mine_huber = np.c_[huber_fit.intercept.numpy(), huber_fit.slope.numpy()]
+        for name, ours, result, group in (
+            ("lossfn.fit.lad (batched)", lambda: lad(X, y), lad_fit, lad_peers),
+            ("lossfn.fit.huber (batched)", lambda: huber(X, y), huber_fit, huber_peers),
         ):
             mine = time_batched(ours, repeats) / B
-            result = ours()
-            print(f"{d:>2}  {name:<44} {mine * 1e6:>8.1f} µs {'1.0':>8}   ok: {int(result.ok.sum())}/{B}")
+            print(f"{d:>2}  {name:<44} {mine * 1e6:>8.1f} µs {'1.0':>8}  "
+                  f"ok {int(result.ok.sum())}/{B}")
             for peer, fit_one in group.items():
-                theirs = time_loop(fit_one, Xn, yn)
-                print(f"{d:>2}  {peer:<44} {theirs * 1e6:>8.1f} µs {theirs / mine:>7.1f}x")
+                theirs, coefs = time_loop(fit_one, Xn, yn)
+                if group is lad_peers:
+                    gaps = [lad_gap(Xn[b], yn[b], c, lad_fit.objective[b].item())
+                            for b, c in enumerate(coefs)]
+                    note = f"objective above the optimum by up to {max(gaps):.1e}"
+                elif "RLM" in peer:
+                    diff = max(np.abs(c - mine_huber[b]).max() / np.abs(mine_huber[b]).max()
+                               for b, c in enumerate(coefs))
+                    note = f"coefficients differ by up to {diff:.1e} (RLM tol 1e-8 on the deviance)"
+                else:
+                    note = "other scale estimator (joint σ), not comparable"
+                print(f"{d:>2}  {peer:<44} {theirs * 1e6:>8.1f} µs {theirs / mine:>7.1f}x  {note}")
         print()
 
 
