@@ -129,7 +129,10 @@ def huber(
         intercept: fit an intercept (default) or force the line through 0.
         max_iter: iterations, the same for every dataset. Default 10 with a
             fixed scale (at most 6 seen on heavy-tailed data), 20 with an
-            estimated one (at most 13 seen).
+            estimated one (at most 13 on the benchmark's data). Where the scale
+            iteration crosses a repelling stretch it can need more (RLM then
+            needs hundreds); such datasets come back with ``converged=False``:
+            refit them with a larger ``max_iter``.
         tol: relative convergence tolerance (default ``eps**0.6``: ``4e-10``
             in float64, ``7e-5`` in float32).
 

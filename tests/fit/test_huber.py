@@ -153,6 +153,38 @@ def test_exact_fit_of_a_majority_is_flagged():
     assert torch.isfinite(fit.slope) and torch.isfinite(fit.intercept)
 
 
+def test_slow_scale_iteration_is_flagged_then_matches_rlm():
+    # A contaminated dataset on which the scale iteration crosses a repelling
+    # stretch (steps grow by ~7% each): RLM needs ~430 iterations (its default
+    # maxiter=50 stops early without a word). The default cap flags it; more
+    # iterations reach RLM's fixed point.
+    x = torch.tensor([
+        -0.2255808756421795, 0.310960466890386, 0.3646525880482179,
+        -0.5504659369088362, 0.8111618035615195, -0.5478613417238978,
+        0.9785773758764033, -1.9501389571578491, -0.7070977578851226,
+        1.3640933029760878, -2.929657469659253, -0.5157850247017282,
+        0.39201040220973526, -1.6835954558069663, -1.6377340285203645,
+        0.012709537230358746, -0.8486292932010503, 0.1999624122910758,
+        1.0449430819755954, 1.8020189472377766
+    ], dtype=F64)
+    y = torch.tensor([
+        -21.232053576531353, -0.8511300522987699, -0.052114189621288,
+        -0.5378922397862188, -0.037314218176863645, -0.9538055299874709,
+        1.8087793605463771, 19.037134426762577, -2.3581569509308786,
+        1.4125216114886365, 53.067345858304726, -1.2065083074836391,
+        26.02387163981623, -0.0016008948122616662, -1.6899022314707057,
+        1.4924860665859423, 16.6312985635654, 0.429088039699539, 44.124430605254545,
+        31.64994307741384
+    ], dtype=F64)
+    short = huber(x, y)
+    assert not short.converged and not short.ok and short.iterations == 20
+    long = huber(x, y, max_iter=100)
+    assert long.ok
+    ref = _rlm(x.numpy(), y.numpy(), 1.345)
+    assert _rel(np.r_[long.intercept.item(), long.slope.item()], ref.params) < 1e-9
+    assert long.scale.item() == pytest.approx(ref.scale, rel=1e-9)
+
+
 def test_vmap_equals_batched_call():
     X, y = _data("heavy", 5, 30, 2, seed=9)
     batched = huber(X, y)
