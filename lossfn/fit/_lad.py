@@ -192,9 +192,12 @@ def lad(
     # y + ε·ξ with a fixed irregular ξ, which has none (the classical
     # perturbation method); its optimal basis is optimal for y up to O(ε·m),
     # and the certificate below is checked on y itself.
-    m = X.shape[-2]
-    golden = torch.arange(1, m + 1, dtype=X.dtype, device=X.device) * 0.6180339887498949
-    walk_y = yy + eps ** (2 / 3) * (golden - golden.floor() - 0.5) * w + (1 - w)
+    # ξ must not be a polynomial in the index (a Weyl sequence i·φ mod 1 is
+    # linear, and collinear with equally spaced designs): a sine hash.
+    index = torch.arange(1, X.shape[-2] + 1, dtype=torch.float64, device=X.device)
+    hashed = torch.sin(index * 12.9898) * 43758.5453
+    xi = (hashed - hashed.floor() - 0.5).to(X.dtype)
+    walk_y = yy + eps ** (2 / 3) * xi * w + (1 - w)
 
     Xt = X.transpose(-1, -2).contiguous()
     beta = wls_step(X, Xt, yy, w, torch.zeros_like(X[..., 0, :]))

@@ -138,6 +138,18 @@ def test_degenerate_vertices_integer_data():
         assert fit.objective[b].item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
 
 
+def test_collinear_equally_spaced_points():
+    # Points 1, 3, 5 lie on y = -1 at equally spaced x: a perturbation that is
+    # linear in the point index (a Weyl sequence) keeps them collinear, and the
+    # walk then cycles between objectives 3.0 and 3.5. The optimum is 3.
+    x = torch.tensor([-1.0, -1.0, -1.0, 0.0, -1.0, 1.0], dtype=F64)
+    y = torch.tensor([-2.0, -1.0, -2.0, -1.0, 0.0, -1.0], dtype=F64)
+    fit = lad(x, y)
+    assert fit.ok
+    assert fit.objective.item() == pytest.approx(3.0, rel=1e-12)
+    assert lp_objective(x.numpy(), y.numpy()) == pytest.approx(3.0, rel=1e-12)
+
+
 def test_through_origin():
     X, y = _data("heavy", 3, 30, 2, seed=11)
     fit = lad(X, y, intercept=False)
