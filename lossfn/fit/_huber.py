@@ -39,7 +39,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from ..location import MAD_TO_SIGMA
-from ._prepare import independent_rows, median_abs, standardize, unstandardize
+from ._prepare import blank_where, independent_rows, median_abs, standardize, unstandardize
 from ._wls import fitted, project, solve_spd, weighted_gram, wls_step
 
 __all__ = ["HuberFit", "huber"]
@@ -221,10 +221,7 @@ def huber(
 
     icpt, slope = unstandardize(beta, std, intercept, simple)
     s = s * std.y_scale
-    nan = torch.nan
-    icpt = torch.where(full_rank, icpt, nan)
-    slope = torch.where(full_rank.reshape(full_rank.shape + (1,) * (slope.dim() - full_rank.dim())), slope, nan)
-    s = torch.where(full_rank, s, nan)
+    icpt, slope, s = blank_where(~full_rank, icpt, slope, s)
     # A scale within rounding of 0 means more than half the points lie on the
     # fit (RLM warns and stops there); the estimate is then not meaningful.
     floor = 1000 * eps * std.y_scale if scale is None else 0.0

@@ -9,7 +9,7 @@ linearly independent rows (``p`` = number of coefficients) have zero residual.
 The solver walks from vertex to vertex (Barrodale & Roberts, 1973), all datasets
 in lockstep:
 
-1. start from a few IRLS steps, then take the ``p`` independent points of
+1. start from 16 IRLS steps (weights ``1/|rᵢ|``), then take the ``p`` independent points of
    smallest residual as the basis ``J`` (so ``β = X_J⁻¹ y_J``);
 2. certificate: ``β`` is optimal iff there are ``uⱼ ∈ [−1, 1]`` on the basis with
    ``Σ_{i∉J} sign(rᵢ) xᵢ + Σ_{j∈J} uⱼ xⱼ = 0`` (the subgradient of ``Σ|rᵢ|``
@@ -40,7 +40,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._prepare import independent_rows, standardize, unstandardize
+from ._prepare import blank_where, independent_rows, standardize, unstandardize
 from ._wls import fitted, project, wls_step
 
 __all__ = ["LADFit", "lad"]
@@ -197,6 +197,7 @@ def lad(
     index = torch.arange(1, X.shape[-2] + 1, dtype=torch.float64, device=X.device)
     hashed = torch.sin(index * 12.9898) * 43758.5453
     xi = (hashed - hashed.floor() - 0.5).to(X.dtype)
+    # Masked points get response 1 in the walk (their rows are 0): see _exchange.
     walk_y = yy + eps ** (2 / 3) * xi * w + (1 - w)
 
     Xt = X.transpose(-1, -2).contiguous()
@@ -217,8 +218,5 @@ def lad(
     ok = full_rank & (u.abs().amax(-1) <= 1 + u_tol)
     objective = (w * r.abs()).sum(-1) * std.y_scale
     icpt, slope = unstandardize(beta, std, intercept, simple)
-    nan = torch.nan
-    icpt = torch.where(full_rank, icpt, nan)
-    slope = torch.where(full_rank.reshape(full_rank.shape + (1,) * (slope.dim() - full_rank.dim())), slope, nan)
-    objective = torch.where(full_rank, objective, nan)
+    icpt, slope, objective = blank_where(~full_rank, icpt, slope, objective)
     return LADFit(icpt, slope, objective, iterations, ok)

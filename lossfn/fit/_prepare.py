@@ -172,3 +172,12 @@ def median_abs(r: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor
     lower = ordered.gather(-1, ((n - 1) // 2).clamp(min=0))
     upper = ordered.gather(-1, (n // 2).clamp(max=m - 1))
     return torch.where(n > 0, (lower + upper) / 2, torch.nan).squeeze(-1)
+
+
+def blank_where(bad: torch.Tensor, *fields: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``fields`` with nan where ``bad`` (batch shape ``(...)``; trailing dims broadcast)."""
+    out = []
+    for field in fields:
+        flag = bad.reshape(bad.shape + (1,) * (field.dim() - bad.dim()))
+        out.append(torch.where(flag, torch.nan, field))
+    return tuple(out)
