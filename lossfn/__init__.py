@@ -5,13 +5,15 @@ the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nll`, :mod:`lossfn.location`) is pure and composes with
 ``torch.func``; :mod:`lossfn.noise` ties each loss to its density;
 :mod:`lossfn.nn` holds thin ``nn.Module`` criteria; :mod:`lossfn.fit` the
-batched closed-form fits (OLS, the standardized line, location/scale).
+batched fits (OLS, the standardized line, location/scale, LAD, Huber).
 """
 
 from . import fit as fit
 from . import grads as grads
 from . import location as location
+from . import montecarlo as montecarlo
 from . import nn as nn
+from . import select as select
 from ._errors import ShapeError as ShapeError
 from .grads import Shares as Shares
 from .grads import grad_norm_method as grad_norm_method
@@ -25,6 +27,7 @@ from .losses import mse as mse
 from .nll import gaussian_nll as gaussian_nll
 from .nll import huber_nll as huber_nll
 from .nll import laplace_nll as laplace_nll
+from .mixture import Contaminated as Contaminated
 from .noise import Gaussian as Gaussian
 from .noise import Huber as Huber
 from .noise import Laplace as Laplace
@@ -52,6 +55,9 @@ __all__ = [
     "shares",
     "fit",
     "grads",
+    "Contaminated",
     "location",
+    "montecarlo",
     "nn",
+    "select",
 ]

@@ -87,6 +87,19 @@ def _masked_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.where((n > 0) & ~has_nan, middle, math.nan)
 
 
+def _full_median(x: torch.Tensor) -> torch.Tensor:
+    """Median of every point, by selection rather than a full sort."""
+    m = x.shape[-1]
+    if m == 0:
+        return x.new_full(x.shape[:-1], math.nan)
+    # torch.median gives the lower middle value and propagates nan.
+    a = x.median(dim=-1).values
+    if m % 2:
+        return a
+    b = x.kthvalue(m // 2 + 1, dim=-1).values
+    return 0.5 * a + 0.5 * b  # as _masked_median: the rounded midpoint, no overflow
+
+
 def mean(
     samples: torch.Tensor, *, dim: int = -1, mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -98,6 +111,11 @@ def mean(
         >>> mean(torch.tensor([1.0, 2.0, 9.0]), mask=torch.tensor([True, True, False]))
         tensor(1.5000)
     """
+    if mask is None:
+        # The same two passes without a weight tensor: several times faster on big batches.
+        x = check_float_tensor("mean", "samples", samples).movedim(dim, -1)
+        first = x.mean(-1)
+        return first + (x - first.unsqueeze(-1)).mean(-1)
     x, w = _prepare("mean", samples, dim, mask)
     return _masked_mean(x, w)
 
@@ -117,6 +135,8 @@ def median(
         >>> median(torch.tensor([4.0, 1.0, 3.0, 2.0]))
         tensor(2.5000)
     """
+    if mask is None:
+        return _full_median(check_float_tensor("median", "samples", samples).movedim(dim, -1))
     x, w = _prepare("median", samples, dim, mask)
     return _masked_median(x, w)
 

@@ -58,6 +58,12 @@ def _factory(param: Param, dtype: Optional[torch.dtype], device) -> dict:
     return {"dtype": dtype or torch.get_default_dtype(), "device": device}
 
 
+def _draw_shape(shape: Shape, *params: Param) -> tuple:
+    """``shape`` followed by the broadcast shape of the tensor parameters."""
+    extra = torch.broadcast_shapes(*[p.shape for p in params if isinstance(p, torch.Tensor)])
+    return _shape(shape) + tuple(extra)
+
+
 class NoiseModel(abc.ABC):
     """What every noise model offers; subclass it to add one (e.g. a mixture)."""
 
@@ -114,8 +120,9 @@ class Gaussian(NoiseModel):
         return gaussian_nll(pred, target, scale=self.scale, reduction=reduction, weight=weight)
 
     def sample(self, shape: Shape, *, generator=None, dtype=None, device=None) -> torch.Tensor:
-        """Draw ``shape`` independent values (``shape`` then the scale's shape)."""
-        z = torch.randn(_shape(shape), generator=generator, **_factory(self.scale, dtype, device))
+        """Draw independent values of shape ``shape + scale.shape``."""
+        z = torch.randn(_draw_shape(shape, self.scale), generator=generator,
+                        **_factory(self.scale, dtype, device))
         return z * self.scale
 
     def fit(self, samples, *, dim=-1, mask=None) -> _location.LocationScale:
@@ -170,9 +177,10 @@ class Laplace(NoiseModel):
         return laplace_nll(pred, target, scale=self.scale, reduction=reduction, weight=weight)
 
     def sample(self, shape: Shape, *, generator=None, dtype=None, device=None) -> torch.Tensor:
-        """Exact draws: ``b·(E₁ − E₂)`` with ``E₁, E₂`` independent standard exponentials."""
+        """Exact draws of shape ``shape + scale.shape``: ``b·(E₁ − E₂)`` with ``E₁, E₂``
+        independent standard exponentials."""
         spec = _factory(self.scale, dtype, device)
-        u = torch.rand((2,) + _shape(shape), generator=generator, **spec)
+        u = torch.rand((2,) + _draw_shape(shape, self.scale), generator=generator, **spec)
         # -log1p(-u) with u in [0, 1) is a finite standard exponential.
         e = -torch.log1p(-u)
         return (e[0] - e[1]) * self.scale
@@ -248,11 +256,12 @@ class Huber(NoiseModel):
 
         With probability :meth:`central_mass` a normal truncated to ``[−δ, δ]``
         (by inversion), otherwise ``±(δ + E/δ)`` with ``E`` standard exponential;
-        the result is multiplied by the scale.
+        the result is multiplied by the scale. Shape: ``shape`` followed by the
+        broadcast shape of tensor ``delta`` and ``scale``.
         """
         spec = _factory(self.delta if isinstance(self.delta, torch.Tensor) else self.scale,
                         dtype, device)
-        u = torch.rand((3,) + _shape(shape), generator=generator, **spec)
+        u = torch.rand((3,) + _draw_shape(shape, self.delta, self.scale), generator=generator, **spec)
         d = torch.as_tensor(self.delta, **spec)
         half_width = torch.special.ndtr(d) - 0.5
         central = torch.special.ndtri(0.5 + (2 * u[1] - 1) * half_width)

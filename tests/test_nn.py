@@ -61,9 +61,18 @@ def test_scale_errors_are_explained():
         lossfn.nn.HuberNLLLoss(learn_scale=True)(x, x, scale=1.0)
 
 
-def _minimize(params, closure, steps=5):
+def _minimize(modules, objective, steps=5):
+    """Minimize ``objective()`` over the parameters of ``modules`` to near machine precision."""
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.LBFGS(params, lr=1, max_iter=500, tolerance_grad=1e-14,
                             tolerance_change=1e-16, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
     for _ in range(steps):
         opt.step(closure)
 
@@ -72,15 +81,7 @@ def test_learned_laplace_scale_converges_to_mean_absolute_residual():
     gen = torch.Generator().manual_seed(2)
     r = lossfn.Laplace(0.7).sample(400, generator=gen, dtype=torch.float64)
     crit = lossfn.nn.LaplaceNLLLoss(learn_scale=True).double()
-    zero = torch.zeros_like(r)
-
-    def closure():
-        crit.zero_grad()
-        loss = crit(zero, r)
-        loss.backward()
-        return loss
-
-    _minimize(crit.parameters(), closure)
+    _minimize([crit], lambda: crit(torch.zeros_like(r), r))
     assert crit.log_scale.exp().item() == pytest.approx(r.abs().mean().item(), rel=1e-9)
 
 
@@ -94,15 +95,7 @@ def test_learned_scale_converges_to_the_mle(criterion, mle):
     model = torch.nn.Linear(1, 1).double()
     crit = criterion(learn_scale=True).double()
     assert [n for n, _ in crit.named_parameters()] == ["log_scale"]
-
-    def closure():
-        model.zero_grad()
-        crit.zero_grad()
-        loss = crit(model(x)[:, 0], y)
-        loss.backward()
-        return loss
-
-    _minimize(list(model.parameters()) + list(crit.parameters()), closure)
+    _minimize([model, crit], lambda: crit(model(x)[:, 0], y))
     r = (y - model(x)[:, 0]).detach().numpy()
     assert crit.log_scale.exp().item() == pytest.approx(mle(r), rel=1e-5)
     if criterion is lossfn.nn.GaussianNLLLoss:
@@ -118,15 +111,7 @@ def test_huber_nll_learned_scale_gradient_vanishes_at_optimum():
     gen = torch.Generator().manual_seed(1)
     r = torch.randn(300, generator=gen, dtype=torch.float64) * 2
     crit = lossfn.nn.HuberNLLLoss(delta=1.345, learn_scale=True).double()
-    zero = torch.zeros_like(r)
-
-    def closure():
-        crit.zero_grad()
-        loss = crit(zero, r)
-        loss.backward()
-        return loss
-
-    _minimize(crit.parameters(), closure)
+    _minimize([crit], lambda: crit(torch.zeros_like(r), r))
     s = crit.log_scale.exp().item()
     u = r.numpy() / s
     assert np.mean(np.clip(u, -1.345, 1.345) * u) == pytest.approx(1.0, abs=1e-8)

@@ -54,11 +54,13 @@ def test_sampler_seeding(noise):
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
 
 
-def test_tensor_scale_sets_dtype_and_broadcasts():
+@pytest.mark.parametrize("model", [lossfn.Gaussian, lossfn.Laplace, lambda s: lossfn.Huber(1.0, s)])
+def test_tensor_scale_sets_dtype_and_appends_its_shape(model):
     scale = torch.tensor([1.0, 100.0], dtype=torch.float64)
-    x = lossfn.Laplace(scale).sample((5000, 2), generator=torch.Generator().manual_seed(0))
-    assert x.dtype == torch.float64
-    assert 50 < x[:, 1].abs().mean() / x[:, 0].abs().mean() < 200
+    x = model(scale).sample((5000, 3), generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5000, 3, 2) and x.dtype == torch.float64
+    ratio = x[..., 1].abs().mean() / x[..., 0].abs().mean()
+    assert 90 < ratio < 110
 
 
 @pytest.mark.parametrize("noise, dist", [

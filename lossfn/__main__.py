@@ -1,0 +1,8 @@
+"""``python -m lossfn`` runs the ``lossfn`` command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data shipped with lossfn: ``sample.csv``, made by ``make_sample.py`` (seeded)."""
