@@ -60,7 +60,7 @@ class LADFit(NamedTuple):
         slope: ``(...)`` for simple regression, ``(..., d)`` for multiple.
         objective: ``Σ|yᵢ − ŷᵢ|`` over the present points ``(...)``; divided by
             the number of points it is the Laplace scale MLE ``b̂``.
-        iterations: basis exchanges made ``(...)``.
+        iterations: basis exchanges made ``(...)`` (0 where rank-deficient).
         ok: the optimality certificate holds ``(...)``. False in two cases: the
             design is rank-deficient (constant x, fewer points than
             coefficients, all masked), and then the other fields are nan; or
@@ -159,10 +159,11 @@ def lad(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit ``α`` (default) or force the line through the origin.
-        max_iter: basis exchanges, the same for every dataset (default
-            ``2·p + 12`` for ``p`` coefficients, 1.5 to 2 times the most seen
-            on heavy-tailed data). Datasets that need more are
-            returned with ``ok=False``.
+        max_iter: basis exchanges, the same for every dataset. The default
+            ``8 + p·(2 + m // 150)`` for ``p`` coefficients and ``m`` points is
+            1.5 to 2 times the most seen on heavy-tailed, contaminated and
+            integer data (degenerate vertices need more steps as ``m`` grows).
+            Datasets that need more are returned with ``ok=False``.
 
     Returns:
         :class:`LADFit` with fields of batch shape ``(...)`` (``slope`` has a
@@ -181,7 +182,7 @@ def lad(
     X, yy, w = std.design, std.response, std.weight
     p = X.shape[-1]
     if max_iter is None:
-        max_iter = 2 * p + 12
+        max_iter = 8 + p * (2 + X.shape[-2] // 150)
     eps = torch.finfo(X.dtype).eps
     floor = eps ** 0.5  # IRLS weight cap: 1/|r| for |r| above ~1e-8 of the spread
     zero_tol = eps ** 0.75  # |r| this small (in units of y's spread) is a zero
@@ -216,6 +217,7 @@ def lad(
     walked = _residuals(X, Xt, walk_y, rows)[2] * w
     beta, r, u = _certificate(X, Xt, yy, rows, zero_tol, walked)
     ok = full_rank & (u.abs().amax(-1) <= 1 + u_tol)
+    iterations = torch.where(full_rank, iterations, 0)
     objective = (w * r.abs()).sum(-1) * std.y_scale
     icpt, slope = unstandardize(beta, std, intercept, simple)
     icpt, slope, objective = blank_where(~full_rank, icpt, slope, objective)
