@@ -39,7 +39,14 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from ..location import MAD_TO_SIGMA
-from ._prepare import blank_where, independent_rows, median_abs, standardize, unstandardize
+from ._prepare import (
+    blank_where,
+    in_blocks,
+    independent_rows,
+    median_abs,
+    standardize,
+    unstandardize,
+)
 from ._wls import fitted, project, solve_spd, weighted_gram, wls_step
 
 __all__ = ["HuberFit", "huber"]
@@ -156,12 +163,19 @@ def huber(
         >>> [round(v, 4) for v in (fit.intercept.item(), fit.slope.item())], bool(fit.ok)
         ([0.966, 2.0241], True)
     """
-    std, simple = standardize("huber", x, y, mask, intercept)
-    X, yy, w = std.design, std.response, std.weight
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and not scale > 0:
         raise ValueError(f"huber: scale must be > 0 or None (estimate it), got {scale}")
     if isinstance(delta, (int, float)) and not isinstance(delta, bool) and not delta > 0:
         raise ValueError(f"huber: delta must be > 0, got {delta}")
+    per_dataset = {"delta": delta, "scale": scale}
+    return in_blocks(_huber, "huber", x, y, mask, per_dataset,
+                     intercept=intercept, max_iter=max_iter, tol=tol)
+
+
+def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
+    """:func:`huber` for one block of datasets."""
+    std, simple = standardize("huber", x, y, mask, intercept)
+    X, yy, w = std.design, std.response, std.weight
     eps = torch.finfo(X.dtype).eps
     if tol is None:
         tol = eps ** 0.6

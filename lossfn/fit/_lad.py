@@ -40,7 +40,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._prepare import blank_where, independent_rows, standardize, unstandardize
+from ._prepare import blank_where, in_blocks, independent_rows, standardize, unstandardize
 from ._wls import fitted, project, wls_step
 
 __all__ = ["LADFit", "lad"]
@@ -178,6 +178,11 @@ def lad(
         >>> fit.intercept, fit.slope, fit.objective
         (tensor(1., dtype=torch.float64), tensor(2., dtype=torch.float64), tensor(91., dtype=torch.float64))
     """
+    return in_blocks(_lad, "lad", x, y, mask, {}, intercept=intercept, max_iter=max_iter)
+
+
+def _lad(x, y, *, mask, intercept, max_iter):
+    """:func:`lad` for one block of datasets."""
     std, simple = standardize("lad", x, y, mask, intercept)
     X, yy, w = std.design, std.response, std.weight
     p = X.shape[-1]

@@ -10,7 +10,8 @@ units. :func:`unstandardize` maps the coefficients back.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+import math
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -181,3 +182,46 @@ def blank_where(bad: torch.Tensor, *fields: torch.Tensor) -> Tuple[torch.Tensor,
         flag = bad.reshape(bad.shape + (1,) * (field.dim() - bad.dim()))
         out.append(torch.where(flag, torch.nan, field))
     return tuple(out)
+
+
+#: Datasets per block on the CPU. The iterative fits make dozens of passes over
+#: their data; a block's working set stays in cache, a whole batch's does not
+#: (blocks of 256 run ~2.3x faster per fit than one pass over 1000 datasets of
+#: 200 points). On other devices the whole batch is one block.
+CPU_BLOCK = 256
+
+
+def in_blocks(fit: Callable, fn: str, x, y, mask, per_dataset: dict, **options):
+    """``fit(x, y, mask=mask, **per_dataset, **options)``, run block by block.
+
+    The batch is flattened and cut into blocks of at most :data:`CPU_BLOCK`
+    datasets; each block is one batched call (datasets are independent, so the
+    result is the same as one call), and the fields are joined and reshaped to
+    the batch shape. ``per_dataset`` holds parameters that may be tensors over
+    the batch (``delta``, ``scale``). The number of blocks depends on shapes
+    only; under ``torch.func.vmap`` the function sees one dataset, one block.
+    """
+    data = prepare(fn, x, y, mask)
+    batch = data.y.shape[:-1]
+    n = math.prod(batch)
+    if data.y.device.type != "cpu" or n <= CPU_BLOCK:
+        return fit(x, y, mask=mask, **per_dataset, **options)
+    m = data.y.shape[-1]
+    flat_x = data.x.reshape((n, m) + data.x.shape[len(batch) + 1 :])
+    flat_y = data.y.reshape(n, m)
+    flat_mask = None if data.present is None else data.present.reshape(n, m)
+    flat_params = {
+        name: value.expand(batch).reshape(n) if isinstance(value, torch.Tensor) else value
+        for name, value in per_dataset.items()
+    }
+    parts = []
+    for start in range(0, n, CPU_BLOCK):
+        block = slice(start, start + CPU_BLOCK)
+        params = {
+            name: value[block] if isinstance(value, torch.Tensor) else value
+            for name, value in flat_params.items()
+        }
+        block_mask = None if flat_mask is None else flat_mask[block]
+        parts.append(fit(flat_x[block], flat_y[block], mask=block_mask, **params, **options))
+    joined = [torch.cat(field, dim=0) for field in zip(*parts)]
+    return type(parts[0])(*[f.reshape(batch + f.shape[1:]) for f in joined])

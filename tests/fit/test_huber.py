@@ -218,6 +218,25 @@ def test_non_convergence_is_flagged():
     assert full.converged.all() and (full.iterations < 100).all()
 
 
+def test_blocks_give_the_same_fits(monkeypatch):
+    # On the CPU the batch runs in blocks of CPU_BLOCK datasets (for the cache);
+    # blocks of 3 must equal one call, per-dataset delta and scale included.
+    import lossfn.fit._prepare as prepare_module
+
+    X, y = _data("contaminated", 8, 30, 2, seed=15)
+    X, y = X.reshape(2, 4, 30, 2), y.reshape(2, 4, 30)
+    delta = torch.linspace(0.8, 2.0, 4, dtype=F64)  # broadcasts over the (2, 4) batch
+    scale = torch.full((2, 1), 1.5, dtype=F64)
+    runs = {}
+    for block in (256, 3):
+        monkeypatch.setattr(prepare_module, "CPU_BLOCK", block)
+        runs[block] = (huber(X, y, delta=delta), huber(X, y, delta=delta, scale=scale))
+    for whole, blocked in zip(runs[256], runs[3]):
+        for a, b in zip(whole, blocked):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_inputs_not_mutated():
     X, y = _data("heavy", 2, 10, 2, seed=1)
     copies = X.clone(), y.clone()

@@ -233,6 +233,22 @@ def test_shared_design_broadcasts_over_datasets():
     assert shared.slope.shape == (4, 2)
 
 
+def test_blocks_give_the_same_fits(monkeypatch):
+    # On the CPU the batch runs in blocks of CPU_BLOCK datasets (for the cache);
+    # a batch of shape (2, 4) in blocks of 3 must equal one call.
+    import lossfn.fit._prepare as prepare_module
+
+    X, y = _data("contaminated", 8, 20, 2, seed=14)
+    X, y = X.reshape(2, 4, 20, 2), y.reshape(2, 4, 20)
+    mask = torch.arange(20) < torch.arange(13, 21).reshape(2, 4, 1)
+    whole = lad(X, y, mask=mask)
+    monkeypatch.setattr(prepare_module, "CPU_BLOCK", 3)
+    blocked = lad(X, y, mask=mask)
+    for a, b in zip(whole, blocked):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_inputs_not_mutated():
     X, y = _data("heavy", 2, 10, 2, seed=1)
     mask = torch.ones(2, 10, dtype=torch.bool)
