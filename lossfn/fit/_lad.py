@@ -169,6 +169,9 @@ def lad(
         :class:`LADFit` with fields of batch shape ``(...)`` (``slope`` has a
         trailing ``d`` for multiple regression).
 
+    On the CPU a large batch runs in blocks of 256 datasets, whose working set
+    stays in cache; the result is the same as one call.
+
     Example:
         >>> import torch
         >>> from lossfn.fit import lad
