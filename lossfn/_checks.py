@@ -26,7 +26,6 @@ __all__ = [
     "check_positive",
     "check_fraction",
     "check_regression_data",
-    "check_design",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -189,35 +188,6 @@ def check_regression_data(
         ) from None
     check_mask(fn, mask, batch + (m,))
     return simple, batch
-
-
-def check_design(fn: str, x: object, y: object) -> bool:
-    """Require a regression design: float ``y`` of shape ``(..., m)`` and float ``x``
-    of shape ``(..., m)`` (simple regression) or ``(..., m, d)`` (multiple).
-
-    Returns True for simple regression. Batch dims are not broadcast: an ``x``
-    shared by many datasets must be expanded to ``y``'s batch shape first.
-    """
-    check_float_tensor(fn, "x", x)
-    check_float_tensor(fn, "y", y)
-    if x.dtype != y.dtype:
-        raise TypeError(
-            f"{fn}: x and y must have the same dtype, got x {x.dtype} and y {y.dtype}. "
-            f"Convert one of them, e.g. x.to(y.dtype)."
-        )
-    if y.dim() == 0:
-        raise ShapeError(f"{fn}: y must have shape (..., m), got a scalar.")
-    if x.shape == y.shape:
-        return True
-    if x.dim() == y.dim() + 1 and x.shape[:-1] == y.shape:
-        return False
-    raise ShapeError(
-        f"{fn}: x must have shape (..., m) (simple regression) or (..., m, d) "
-        f"(multiple regression) with y of shape (..., m); got x {tuple(x.shape)} "
-        f"and y {tuple(y.shape)}. Batch dims are not broadcast: use "
-        f"x.expand(*y.shape[:-1], *x.shape[-2:]) for a shared design, or "
-        f"x.unsqueeze(-1) for one feature."
-    )
 
 
 def as_parameter(fn: str, name: str, value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:
