@@ -26,6 +26,7 @@ __all__ = [
     "check_positive",
     "check_fraction",
     "check_regression_data",
+    "check_fit_options",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -159,10 +160,15 @@ def check_regression_data(
     elif x.dim() == y.dim() + 1:
         simple, x_points = False, x.shape[-2]
     else:
+        hint = (
+            " For one x shared by every dataset, give it y's batch rank: "
+            "x.expand(*y.shape[:-1], *x.shape) (batch dims then broadcast)."
+            if x.dim() < y.dim() else ""
+        )
         raise ShapeError(
             f"{fn}: x must be (..., m) for one predictor or (..., m, d) for d "
-            f"predictors, with y (..., m); got x {tuple(x.shape)} and y "
-            f"{tuple(y.shape)}."
+            f"predictors, with the same batch rank as y (..., m); got x "
+            f"{tuple(x.shape)} and y {tuple(y.shape)}.{hint}"
         )
     if x_points != m:
         hint = (
@@ -188,6 +194,17 @@ def check_regression_data(
         ) from None
     check_mask(fn, mask, batch + (m,))
     return simple, batch
+
+
+def check_fit_options(fn: str, intercept: object, max_iter: object = None) -> None:
+    """``intercept`` must be a bool and ``max_iter`` None or an int ≥ 0."""
+    if not isinstance(intercept, bool):
+        raise TypeError(f"{fn}: intercept must be True or False, got {intercept!r}.")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int)
+                                 or max_iter < 0):
+        raise ValueError(
+            f"{fn}: max_iter must be None (the default) or an int >= 0, got {max_iter!r}."
+        )
 
 
 def as_parameter(fn: str, name: str, value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:

@@ -38,6 +38,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
+from .._checks import check_fit_options
 from ..location import MAD_TO_SIGMA
 from ._prepare import (
     blank_where,
@@ -170,6 +171,7 @@ def huber(
         raise ValueError(f"huber: scale must be > 0 or None (estimate it), got {scale}")
     if isinstance(delta, (int, float)) and not isinstance(delta, bool) and not delta > 0:
         raise ValueError(f"huber: delta must be > 0, got {delta}")
+    check_fit_options("huber", intercept, max_iter)
     per_dataset = {"delta": delta, "scale": scale}
     return in_blocks(_huber, "huber", x, y, mask, per_dataset,
                      intercept=intercept, max_iter=max_iter, tol=tol)
@@ -187,6 +189,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
     batch = yy.shape[:-1]
     delta_t = torch.as_tensor(delta, dtype=X.dtype, device=X.device).expand(batch)
     _, full_rank = independent_rows(X, w, torch.zeros_like(w))
+    full_rank = full_rank & std.informative
     present = None if mask is None else w > 0
 
     def estimate_scale(r: torch.Tensor) -> torch.Tensor:
@@ -238,9 +241,11 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
 
     icpt, slope = unstandardize(beta, std, intercept, simple)
     s = s * std.y_scale
-    icpt, slope, s = blank_where(~full_rank, icpt, slope, s)
+    # A tensor δ ≤ 0 (a float one raises in huber) is outside the domain: no fit.
+    usable = full_rank & (delta_t > 0)
+    icpt, slope, s = blank_where(~usable, icpt, slope, s)
     # A scale within rounding of 0 means more than half the points lie on the
     # fit (RLM warns and stops there); the estimate is then not meaningful.
     floor = 1000 * eps * std.y_scale if scale is None else 0.0
-    ok = full_rank & done & (s > floor)
+    ok = usable & done & (s > floor)
     return HuberFit(icpt, slope, s, iterations, done, ok)

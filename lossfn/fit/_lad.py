@@ -40,6 +40,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .._checks import check_fit_options
 from ._prepare import blank_where, in_blocks, independent_rows, standardize, unstandardize
 from ._wls import fitted, project, wls_step
 
@@ -181,6 +182,7 @@ def lad(
         >>> fit.intercept, fit.slope, fit.objective
         (tensor(1., dtype=torch.float64), tensor(2., dtype=torch.float64), tensor(91., dtype=torch.float64))
     """
+    check_fit_options("lad", intercept, max_iter)
     return in_blocks(_lad, "lad", x, y, mask, {}, intercept=intercept, max_iter=max_iter)
 
 
@@ -216,6 +218,7 @@ def _lad(x, y, *, mask, intercept, max_iter):
         beta = wls_step(X, Xt, yy, w / r.abs().clamp(min=floor), beta)
     r = yy - fitted(Xt, beta)
     rows, full_rank = independent_rows(X, w, r.abs())
+    full_rank = full_rank & std.informative
 
     iterations = torch.zeros_like(full_rank, dtype=torch.long)
     for _ in range(max_iter):
@@ -224,9 +227,12 @@ def _lad(x, y, *, mask, intercept, max_iter):
 
     walked = _residuals(X, Xt, walk_y, rows)[2] * w
     beta, r, u = _certificate(X, Xt, yy, rows, zero_tol, walked)
-    ok = full_rank & (u.abs().amax(-1) <= 1 + u_tol)
-    iterations = torch.where(full_rank, iterations, 0)
     objective = (w * r.abs()).sum(-1) * std.y_scale
+    # A nan or inf in a present point has sign 0 or ±1 and would pass the
+    # certificate: a usable fit also needs finite numbers.
+    usable = full_rank & torch.isfinite(objective) & torch.isfinite(beta).all(-1)
+    ok = usable & (u.abs().amax(-1) <= 1 + u_tol)
+    iterations = torch.where(usable, iterations, 0)
     icpt, slope = unstandardize(beta, std, intercept, simple)
-    icpt, slope, objective = blank_where(~full_rank, icpt, slope, objective)
+    icpt, slope, objective = blank_where(~usable, icpt, slope, objective)
     return LADFit(icpt, slope, objective, iterations, ok)

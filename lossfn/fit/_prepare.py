@@ -15,7 +15,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from ._design import prepare
+from ..location import median
+from ._design import noise_floor, prepare
 
 
 class StandardForm(NamedTuple):
@@ -33,6 +34,7 @@ class StandardForm(NamedTuple):
     x_scale: torch.Tensor  # (..., d)
     y_centre: torch.Tensor  # (...)
     y_scale: torch.Tensor  # (...)
+    informative: torch.Tensor  # (...) bool: no column is constant up to rounding
 
 
 def standardize(
@@ -75,6 +77,10 @@ def standardize(
         y_centre = y.new_zeros(y.shape[:-1])
     centred = (cols - x_centre.unsqueeze(-2)) * w_col
     x_scale = ((centred * centred).sum(-2) / count.unsqueeze(-1)).sqrt()
+    # The rank rule of fit.ols: a centred column whose norm is within rounding
+    # noise of its offset is constant, whatever its last bits say.
+    spread = x_scale * count.unsqueeze(-1).sqrt()
+    informative = (spread > noise_floor(x_centre, count.unsqueeze(-1))).all(-1)
     x_scale = torch.where(x_scale > 0, x_scale, 1.0)
     columns = centred / x_scale.unsqueeze(-2)
 
@@ -84,7 +90,8 @@ def standardize(
     response = shifted / y_scale.unsqueeze(-1)
 
     design = torch.cat([w_col, columns], dim=-1) if intercept else columns
-    return StandardForm(design, response, weight, x_centre, x_scale, y_centre, y_scale), simple
+    form = StandardForm(design, response, weight, x_centre, x_scale, y_centre, y_scale, informative)
+    return form, simple
 
 
 def unstandardize(
@@ -152,27 +159,9 @@ def independent_rows(
 
 
 def median_abs(r: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
-    """``median |rᵢ|`` over the last dim (mid-pair average for an even count).
-
-    ``present`` (bool, same shape) limits it to the points that exist; nan
-    where none does. Without a mask, one selection (``torch.median``, the lower
-    middle value) replaces the sort; the upper middle value is then the next
-    value up, or a tie.
-    """
-    a = r.abs()
-    m = a.shape[-1]
-    if present is None:
-        lower = a.median(dim=-1, keepdim=True).values  # the lower middle; faster than kthvalue
-        if m % 2:
-            return lower.squeeze(-1)
-        tied = (a <= lower).sum(-1, keepdim=True) > m // 2
-        above = torch.where(a > lower, a, torch.inf).amin(-1, keepdim=True)
-        return ((lower + torch.where(tied, lower, above)) / 2).squeeze(-1)
-    n = present.sum(-1, keepdim=True)
-    ordered = torch.where(present, a, torch.inf).sort(dim=-1).values
-    lower = ordered.gather(-1, ((n - 1) // 2).clamp(min=0))
-    upper = ordered.gather(-1, (n // 2).clamp(max=m - 1))
-    return torch.where(n > 0, (lower + upper) / 2, torch.nan).squeeze(-1)
+    """``median |rᵢ|`` over the last dim (mid-pair average for an even count),
+    over the ``present`` points; nan where none is (:func:`lossfn.location.median`)."""
+    return median(r.abs(), mask=present)
 
 
 def blank_where(bad: torch.Tensor, *fields: torch.Tensor) -> Tuple[torch.Tensor, ...]:

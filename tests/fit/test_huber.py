@@ -288,3 +288,21 @@ def test_location_is_regression_on_a_constant():
     fit = huber(ones, samples, intercept=False, scale=0.8, delta=1.0)
     ref = huber_location(samples, scale=0.8, delta=1.0)
     torch.testing.assert_close(fit.slope[..., 0], ref.location, rtol=1e-9, atol=1e-12)
+
+
+def test_tensor_delta_outside_its_domain_is_not_ok():
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(3, 30, generator=gen, dtype=torch.float64)
+    y = 1 + 2 * x + torch.randn(3, 30, generator=gen, dtype=torch.float64)
+    out = huber(x, y, delta=torch.tensor([0.0, -1.0, 1.345], dtype=torch.float64))
+    assert out.ok.tolist() == [False, False, True]
+    assert torch.isnan(out.slope[:2]).all()
+    torch.testing.assert_close(out.slope[2], huber(x[2], y[2]).slope)
+
+
+def test_options_are_validated():
+    x = torch.arange(6.0, dtype=torch.float64)
+    with pytest.raises(TypeError, match="intercept must be True or False"):
+        huber(x, x, intercept=1)
+    with pytest.raises(ValueError, match="max_iter"):
+        huber(x, x, max_iter=2.5)

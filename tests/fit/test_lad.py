@@ -1,6 +1,7 @@
 """lossfn.fit.lad against the LP optimum (scipy HiGHS), an independent subgradient
 check, and the Laplace location/scale MLE against scipy.stats.laplace.fit."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -300,3 +301,35 @@ def test_laplace_scale_is_lad_objective_over_m():
     ref = laplace_fit(samples)
     torch.testing.assert_close(fit.slope[..., 0], ref.location, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fit.objective / 15, ref.scale, rtol=1e-12, atol=0)
+
+
+def test_non_finite_present_points_give_nan_and_not_ok():
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(4, 20, generator=gen, dtype=torch.float64)
+    y = 2 * x + torch.randn(4, 20, generator=gen, dtype=torch.float64)
+    y[0, 2], y[1, 3] = math.nan, math.inf
+    X = torch.randn(4, 20, 3, generator=gen, dtype=torch.float64)
+    for design in (x, X):
+        out = lad(design, y)
+        assert out.ok.tolist() == [False, False, True, True]
+        assert torch.isnan(out.objective[:2]).all() and torch.isnan(out.intercept[:2]).all()
+        alone = lad(design[2:], y[2:])
+        torch.testing.assert_close(out.objective[2:], alone.objective)
+
+
+def test_options_are_validated():
+    x = torch.arange(5.0, dtype=torch.float64)
+    with pytest.raises(TypeError, match="intercept must be True or False"):
+        lad(x, x, intercept="yes")
+    with pytest.raises(ValueError, match="max_iter"):
+        lad(x, x, max_iter=-1)
+
+
+def test_all_fits_share_one_rank_rule():
+    # x varies only in its last float32 bit: rounding noise, not a design.
+    x = torch.tensor([[3.0000002] + [3.0] * 9, [float(i) for i in range(10)]])
+    y = torch.arange(10.0).expand(2, 10)
+    from lossfn.fit import huber, ols
+    for fit in (ols(x, y), lad(x, y), huber(x, y)):
+        assert fit.ok.tolist() == [False, True]
+        assert torch.isnan(fit.slope[0]) and fit.slope[1].item() == pytest.approx(1.0)
