@@ -328,8 +328,9 @@ def test_options_are_validated():
 def test_all_fits_share_one_rank_rule():
     # x varies only in its last float32 bit: rounding noise, not a design.
     x = torch.tensor([[3.0000002] + [3.0] * 9, [float(i) for i in range(10)]])
-    y = torch.arange(10.0).expand(2, 10)
+    wiggle = torch.tensor([0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.4, -0.3, 0.1])
+    y = (torch.arange(10.0) + wiggle).expand(2, 10)  # not a perfect fit: Huber needs a scale
     from lossfn.fit import huber, ols
     for fit in (ols(x, y), lad(x, y), huber(x, y)):
         assert fit.ok.tolist() == [False, True]
-        assert torch.isnan(fit.slope[0]) and fit.slope[1].item() == pytest.approx(1.0)
+        assert torch.isnan(fit.slope[0]) and fit.slope[1].item() == pytest.approx(1.0, abs=0.1)
