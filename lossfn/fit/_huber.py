@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Union
 
 import torch
+from einops import rearrange
 
 from .._checks import check_fit_options
 from ..location import MAD_TO_SIGMA
@@ -197,7 +198,8 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
 
     # Masked points have zero rows and responses: their residual is 0 at every
     # β, so they add nothing to the sums below and need no weight of their own.
-    Xt = X.transpose(-1, -2).contiguous()
+    # Feature-major copy: the batched products below read it contiguously.
+    Xt = rearrange(X, "... m p -> ... p m").contiguous()
     beta = wls_step(X, Xt, yy, w, torch.zeros_like(X[..., 0, :]))
     if scale is None:
         s = estimate_scale(yy - fitted(Xt, beta))

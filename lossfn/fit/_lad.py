@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+from einops import rearrange
 
 from .._checks import check_fit_options
 from ._prepare import blank_where, in_blocks, independent_rows, standardize, unstandardize
@@ -211,7 +212,8 @@ def _lad(x, y, *, mask, intercept, max_iter):
     # Masked points get response 1 in the walk (their rows are 0): see _exchange.
     walk_y = yy + eps ** (2 / 3) * xi * w + (1 - w)
 
-    Xt = X.transpose(-1, -2).contiguous()
+    # Feature-major copy: the batched products below read it contiguously.
+    Xt = rearrange(X, "... m p -> ... p m").contiguous()
     beta = wls_step(X, Xt, yy, w, torch.zeros_like(X[..., 0, :]))
     for _ in range(_IRLS_STEPS):
         r = yy - fitted(Xt, beta)
