@@ -5,7 +5,7 @@ the NLL of Huber's density. The functional core (:mod:`lossfn.losses`,
 :mod:`lossfn.nll`, :mod:`lossfn.location`) is pure and composes with
 ``torch.func``; :mod:`lossfn.noise` ties each loss to its density;
 :mod:`lossfn.nn` holds thin ``nn.Module`` criteria; :mod:`lossfn.fit` the
-batched closed-form fits (OLS, the standardized line, location/scale).
+batched fits (OLS, the standardized line, location/scale, LAD, Huber).
 """
 
 from . import fit as fit

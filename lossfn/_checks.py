@@ -23,8 +23,10 @@ __all__ = [
     "broadcasts_to",
     "squeeze_hint",
     "as_parameter",
+    "check_positive",
+    "check_fraction",
     "check_regression_data",
-    "check_design",
+    "check_fit_options",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -158,10 +160,15 @@ def check_regression_data(
     elif x.dim() == y.dim() + 1:
         simple, x_points = False, x.shape[-2]
     else:
+        hint = (
+            " For one x shared by every dataset, give it y's batch rank: "
+            "x.expand(*y.shape[:-1], *x.shape) (batch dims then broadcast)."
+            if x.dim() < y.dim() else ""
+        )
         raise ShapeError(
             f"{fn}: x must be (..., m) for one predictor or (..., m, d) for d "
-            f"predictors, with y (..., m); got x {tuple(x.shape)} and y "
-            f"{tuple(y.shape)}."
+            f"predictors, with the same batch rank as y (..., m); got x "
+            f"{tuple(x.shape)} and y {tuple(y.shape)}.{hint}"
         )
     if x_points != m:
         hint = (
@@ -189,46 +196,80 @@ def check_regression_data(
     return simple, batch
 
 
-def check_design(fn: str, x: object, y: object) -> bool:
-    """Require a regression design: float ``y`` of shape ``(..., m)`` and float ``x``
-    of shape ``(..., m)`` (simple regression) or ``(..., m, d)`` (multiple).
-
-    Returns True for simple regression. Batch dims are not broadcast: an ``x``
-    shared by many datasets must be expanded to ``y``'s batch shape first.
-    """
-    check_float_tensor(fn, "x", x)
-    check_float_tensor(fn, "y", y)
-    if x.dtype != y.dtype:
-        raise TypeError(
-            f"{fn}: x and y must have the same dtype, got x {x.dtype} and y {y.dtype}. "
-            f"Convert one of them, e.g. x.to(y.dtype)."
+def check_fit_options(fn: str, intercept: object, max_iter: object = None) -> None:
+    """``intercept`` must be a bool and ``max_iter`` None or an int ≥ 0."""
+    if not isinstance(intercept, bool):
+        raise TypeError(f"{fn}: intercept must be True or False, got {intercept!r}.")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int)
+                                 or max_iter < 0):
+        raise ValueError(
+            f"{fn}: max_iter must be None (the default) or an int >= 0, got {max_iter!r}."
         )
-    if y.dim() == 0:
-        raise ShapeError(f"{fn}: y must have shape (..., m), got a scalar.")
-    if x.shape == y.shape:
-        return True
-    if x.dim() == y.dim() + 1 and x.shape[:-1] == y.shape:
-        return False
-    raise ShapeError(
-        f"{fn}: x must have shape (..., m) (simple regression) or (..., m, d) "
-        f"(multiple regression) with y of shape (..., m); got x {tuple(x.shape)} "
-        f"and y {tuple(y.shape)}. Batch dims are not broadcast: use "
-        f"x.expand(*y.shape[:-1], *x.shape[-2:]) for a shared design, or "
-        f"x.unsqueeze(-1) for one feature."
-    )
 
 
-def as_parameter(value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:
-    """A Python number stays a float; a tensor is cast to ``like``'s dtype and device."""
+def as_parameter(fn: str, name: str, value: Scalar, like: torch.Tensor) -> Union[float, torch.Tensor]:
+    """A Python number stays a float; a real tensor is cast to ``like``'s dtype and device.
+
+    No value check: the functional core returns nan/inf outside a parameter's
+    domain instead of raising, so that it stays transform-safe.
+    """
     if isinstance(value, torch.Tensor):
         if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT):
-            raise TypeError(f"a scale-like parameter must be real, got {value.dtype}")
+            raise TypeError(
+                f"{fn}: {name} must be a real number or tensor, got dtype {value.dtype}. "
+                f"Pass a float or a float tensor."
+            )
         return value.to(dtype=like.dtype, device=like.device)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"a scale-like parameter must be a float or a tensor, got "
-            f"{type(value).__name__}"
+            f"{fn}: {name} must be a float or a tensor, got {type(value).__name__} "
+            f"{value!r}. Pass e.g. {name}=1.0 or {name}=torch.tensor(...)."
         )
+    return float(value)
+
+
+def check_positive(owner: str, name: str, value: Scalar) -> Union[float, torch.Tensor]:
+    """Validate a hyperparameter that must be finite and > 0 (once, at construction).
+
+    A number is returned as a float, a float tensor unchanged. This looks at
+    values, so it belongs in constructors and wrappers, never under a transform.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or not value.is_floating_point():
+            raise TypeError(
+                f"{owner}: {name} must be a float tensor, got dtype {value.dtype}. "
+                f"Use {name}.float() or a Python float."
+            )
+        if not bool((torch.isfinite(value) & (value > 0)).all()):
+            raise ValueError(
+                f"{owner}: {name} must be finite and > 0 everywhere, got {value}. "
+                f"Clamp it or use a positive value."
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{owner}: {name} must be a number or a float tensor, got "
+            f"{type(value).__name__} {value!r}."
+        )
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def check_fraction(owner: str, name: str, value: Scalar) -> Union[float, torch.Tensor]:
+    """Validate a probability in [0, 1] (once, at construction)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or not value.is_floating_point():
+            raise TypeError(f"{owner}: {name} must be a float tensor, got dtype {value.dtype}.")
+        if not bool(((value >= 0) & (value <= 1)).all()):
+            raise ValueError(f"{owner}: {name} must lie in [0, 1] everywhere, got {value}.")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{owner}: {name} must be a number or a float tensor, got {type(value).__name__}."
+        )
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{owner}: {name} must lie in [0, 1], got {value!r}.")
     return float(value)
 
 

@@ -117,7 +117,14 @@ def huber_rho(residual: torch.Tensor, delta: Union[float, torch.Tensor]) -> torc
     Written with ``torch.where`` so it has no Python branch; at ``|ε| = δ`` it
     takes the quadratic branch, so the second derivative there is 1. Both
     branches are finite everywhere, so no nan leaks into the gradient. ``delta``
-    may be a tensor that broadcasts against ``residual`` (and is differentiable).
+    may be a tensor that broadcasts against ``residual`` (and is differentiable);
+    for ``δ ≤ 0`` the result is nan.
+
+    Example:
+        >>> import torch
+        >>> from lossfn.losses import huber_rho
+        >>> huber_rho(torch.tensor([-3.0, 0.5, 1.0]), 1.0)
+        tensor([2.5000, 0.1250, 0.5000])
     """
     if isinstance(delta, (int, float)) and not delta > 0:
         return torch.full_like(residual, math.nan)
@@ -168,7 +175,7 @@ def huber(
     """
     check_pair("huber", pred, target)
     check_reduction("huber", reduction)
-    delta = as_parameter(delta, pred)
+    delta = as_parameter("huber", "delta", delta, pred)
     if isinstance(delta, float):
         if weight is None and delta > 0:
             return F.huber_loss(pred, target, reduction=reduction, delta=delta)
@@ -178,7 +185,10 @@ def huber(
         # the gradient still flows to a tensor δ (vmapped or differentiable).
         outside = torch.where(delta > 0, 1.0, math.nan)
         fused_reduction = reduction if delta.dim() == 0 and weight is None else "none"
-        per_element = F.huber_loss(pred / delta, target / delta, reduction=fused_reduction)
+        # Subtract before dividing: quotients of nearby large numbers lose digits.
+        standardized = (pred - target) / delta
+        zero = standardized.new_zeros(()).expand_as(standardized)
+        per_element = F.huber_loss(standardized, zero, reduction=fused_reduction)
         per_element = per_element * (delta * delta * outside)
         if fused_reduction != "none":
             return per_element

@@ -24,29 +24,12 @@ from typing import Union
 import torch
 
 from . import location as _location
-from .noise import NoiseModel, Param, Shape, _factory, _positive, _shape
+from ._checks import check_fraction, check_positive
+from .noise import NoiseModel, Param, Shape, _draw_shape, _factory
 
 __all__ = ["Contaminated"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _fraction(owner: str, name: str, value: Param) -> Param:
-    """A mixing weight in [0, 1], validated once at construction."""
-    if isinstance(value, torch.Tensor):
-        if value.is_complex() or not value.is_floating_point():
-            raise TypeError(f"{owner}: {name} must be a float tensor, got {value.dtype}")
-        if not bool(((value >= 0) & (value <= 1)).all()):
-            raise ValueError(f"{owner}: {name} must lie in [0, 1] everywhere, got {value}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a float or a tensor, got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{owner}: {name} is the fraction of gross errors and must lie in [0, 1], "
-            f"got {value}. Typical values are 0.01 to 0.2."
-        )
-    return float(value)
 
 
 def _as(value: Param, like: torch.Tensor) -> torch.Tensor:
@@ -83,9 +66,9 @@ class Contaminated(NoiseModel):
     name = "contaminated"
 
     def __post_init__(self):
-        object.__setattr__(self, "eps", _fraction("Contaminated", "eps", self.eps))
-        object.__setattr__(self, "k", _positive("Contaminated", "k", self.k))
-        object.__setattr__(self, "scale", _positive("Contaminated", "scale", self.scale))
+        object.__setattr__(self, "eps", check_fraction("Contaminated", "eps", self.eps))
+        object.__setattr__(self, "k", check_positive("Contaminated", "k", self.k))
+        object.__setattr__(self, "scale", check_positive("Contaminated", "scale", self.scale))
 
     def log_prob(self, residual: torch.Tensor) -> torch.Tensor:
         r"""``log p(ε)`` elementwise, as a log-sum-exp of the two components."""
@@ -105,7 +88,7 @@ class Contaminated(NoiseModel):
         tensor_param = next((p for p in (self.scale, self.k, self.eps)
                              if isinstance(p, torch.Tensor)), self.scale)
         spec = _factory(tensor_param, dtype, device)
-        shape = _shape(shape)
+        shape = _draw_shape(shape, self.eps, self.k, self.scale)
         u = torch.rand(shape, generator=generator, **spec)
         z = torch.randn(shape, generator=generator, **spec)
         eps, k = torch.as_tensor(self.eps, **spec), torch.as_tensor(self.k, **spec)
@@ -144,11 +127,13 @@ class Contaminated(NoiseModel):
         ``L = 40·max(1, k)`` converges geometrically; 40 001 nodes give about
         12 correct digits for ``k ≤ 100``. Returns ``I(s = 1)/s²``.
         """
-        eps = torch.as_tensor(self.eps, dtype=torch.float64)
-        k = torch.as_tensor(self.k, dtype=torch.float64)
+        # The quadrature runs in float64 on the parameters' device.
+        device = next((p.device for p in (self.eps, self.k) if isinstance(p, torch.Tensor)), None)
+        eps = torch.as_tensor(self.eps, dtype=torch.float64, device=device)
+        k = torch.as_tensor(self.k, dtype=torch.float64, device=device)
         eps, k = torch.broadcast_tensors(eps, k)
         half_width = 40.0 * torch.clamp(k, min=1.0).unsqueeze(-1)
-        u = torch.linspace(-1.0, 1.0, 40_001, dtype=torch.float64) * half_width
+        u = torch.linspace(-1.0, 1.0, 40_001, dtype=torch.float64, device=device) * half_width
         e, kk = eps.unsqueeze(-1), k.unsqueeze(-1)
         nominal = (1 - e) * torch.exp(-0.5 * u**2 - _HALF_LOG_2PI)
         gross = e / kk * torch.exp(-0.5 * (u / kk) ** 2 - _HALF_LOG_2PI)
@@ -156,7 +141,7 @@ class Contaminated(NoiseModel):
         slope = -u * (nominal + gross / kk**2)
         integrand = torch.where(density > 0, slope**2 / density, 0.0)
         info = torch.trapezoid(integrand, u, dim=-1)
-        scale = torch.as_tensor(self.scale, dtype=torch.float64)
+        scale = torch.as_tensor(self.scale, dtype=torch.float64, device=device)
         info = info / scale**2
         if not any(isinstance(p, torch.Tensor) for p in (self.eps, self.k, self.scale)):
             return float(info)

@@ -124,7 +124,7 @@ def gaussian_nll(
     """
     check_pair("gaussian_nll", pred, target)
     check_reduction("gaussian_nll", reduction)
-    scale = as_parameter(scale, pred)
+    scale = as_parameter("gaussian_nll", "scale", scale, pred)
     if weight is None and _is_scalar(scale):
         # One fused squared-error pass, then an affine map: as fast as mse.
         fused = F.mse_loss(pred, target, reduction=reduction)
@@ -167,7 +167,7 @@ def laplace_nll(
     """
     check_pair("laplace_nll", pred, target)
     check_reduction("laplace_nll", reduction)
-    scale = as_parameter(scale, pred)
+    scale = as_parameter("laplace_nll", "scale", scale, pred)
     if weight is None and _is_scalar(scale):
         fused = F.l1_loss(pred, target, reduction=reduction)
         return _affine(fused, 1.0 / scale, _log(2.0 * scale), reduction, pred.numel())
@@ -214,8 +214,8 @@ def huber_nll(
     """
     check_pair("huber_nll", pred, target)
     check_reduction("huber_nll", reduction)
-    delta = as_parameter(delta, pred)
-    scale = as_parameter(scale, pred)
+    delta = as_parameter("huber_nll", "delta", delta, pred)
+    scale = as_parameter("huber_nll", "scale", scale, pred)
     if (
         weight is None
         and isinstance(delta, float)

@@ -20,7 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ._checks import check_reduction
+from ._checks import check_positive, check_reduction
 from .losses import huber, mae, mse
 from .nll import gaussian_nll, huber_nll, laplace_nll
 
@@ -37,22 +37,11 @@ __all__ = [
 Param = Union[float, torch.Tensor]
 
 
-def _positive(owner: str, name: str, value: Param) -> Param:
-    """Validate a hyperparameter once, where a Python branch is harmless."""
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"{owner}: {name} must be a float tensor, got {value.dtype}")
-        if not bool((value > 0).all()) or not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{owner}: {name} must be finite and > 0 everywhere, got {value}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 class _Criterion(nn.Module):
+    """Base of the criteria: ``forward(pred, target, weight=None)`` (NLL criteria
+    also take ``scale=``), with ``pred``/``target`` of one shape and ``weight``
+    broadcastable to it; returns what the functional returns for ``reduction``."""
+
     def __init__(self, *, reduction: str = "mean"):
         super().__init__()
         self.reduction = check_reduction(type(self).__name__, reduction)
@@ -106,7 +95,7 @@ class HuberLoss(_Criterion):
 
     def __init__(self, *, delta: Param = 1.0, reduction: str = "mean"):
         super().__init__(reduction=reduction)
-        self.delta = _positive("HuberLoss", "delta", delta)
+        self.delta = check_positive("HuberLoss", "delta", delta)
 
     def forward(self, pred, target, weight: Optional[torch.Tensor] = None):
         return huber(pred, target, delta=self.delta, reduction=self.reduction, weight=weight)
@@ -123,7 +112,7 @@ class _NLLCriterion(_Criterion):
         name = type(self).__name__
         self.learn_scale = bool(learn_scale)
         if scale is not None:
-            scale = _positive(name, "scale", scale)
+            scale = check_positive(name, "scale", scale)
         if self.learn_scale:
             start = torch.log(torch.as_tensor(1.0 if scale is None else scale,
                                               dtype=torch.get_default_dtype()))
@@ -234,7 +223,7 @@ class HuberNLLLoss(_NLLCriterion):
     def __init__(self, *, delta: Param = 1.345, scale: Optional[Param] = None,
                  learn_scale: bool = False, reduction: str = "mean"):
         super().__init__(scale=scale, learn_scale=learn_scale, reduction=reduction)
-        self.delta = _positive("HuberNLLLoss", "delta", delta)
+        self.delta = check_positive("HuberNLLLoss", "delta", delta)
 
     def forward(self, pred, target, scale: Optional[Param] = None,
                 weight: Optional[torch.Tensor] = None):

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from . import location as _location
+from ._checks import check_positive
 from .losses import huber, mae, mse
 from .nll import gaussian_nll, huber_log_normalizer, huber_nll, laplace_nll
 
@@ -31,20 +32,6 @@ __all__ = ["NoiseModel", "Gaussian", "Laplace", "Huber"]
 
 Param = Union[float, torch.Tensor]
 Shape = Union[int, Sequence[int], torch.Size]
-
-
-def _positive(owner: str, name: str, value: Param) -> Param:
-    if isinstance(value, torch.Tensor):
-        if value.is_complex() or not value.is_floating_point():
-            raise TypeError(f"{owner}: {name} must be a float tensor, got {value.dtype}")
-        if not bool((value > 0).all()):
-            raise ValueError(f"{owner}: {name} must be > 0 everywhere, got {value}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a float or a tensor, got {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def _shape(shape: Shape) -> tuple:
@@ -104,7 +91,7 @@ class Gaussian(NoiseModel):
     name = "gaussian"
 
     def __post_init__(self):
-        object.__setattr__(self, "scale", _positive("Gaussian", "scale", self.scale))
+        object.__setattr__(self, "scale", check_positive("Gaussian", "scale", self.scale))
 
     @property
     def loss(self) -> Callable[..., torch.Tensor]:
@@ -161,7 +148,7 @@ class Laplace(NoiseModel):
     name = "laplace"
 
     def __post_init__(self):
-        object.__setattr__(self, "scale", _positive("Laplace", "scale", self.scale))
+        object.__setattr__(self, "scale", check_positive("Laplace", "scale", self.scale))
 
     @property
     def loss(self) -> Callable[..., torch.Tensor]:
@@ -224,8 +211,8 @@ class Huber(NoiseModel):
     name = "huber"
 
     def __post_init__(self):
-        object.__setattr__(self, "delta", _positive("Huber", "delta", self.delta))
-        object.__setattr__(self, "scale", _positive("Huber", "scale", self.scale))
+        object.__setattr__(self, "delta", check_positive("Huber", "delta", self.delta))
+        object.__setattr__(self, "scale", check_positive("Huber", "scale", self.scale))
 
     @property
     def loss(self) -> Callable[..., torch.Tensor]:

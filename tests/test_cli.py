@@ -321,3 +321,17 @@ def test_progress_bar_on_request(capsys):
     assert "lossfn fit" in err and "stage" in err
     code, _, err = run(["fit", "--quiet", "--no-progress"], capsys)
     assert code == 0 and err == ""
+
+
+def test_a_group_whose_fit_fails_is_explained_on_stderr(clear_cases, tmp_path, capsys):
+    _, data = clear_cases
+    x, y = data["g"]
+    rows = lines(x[:40], y[:40], "fine") + [("flat", "2.0", f"{v:.3f}") for v in (1.0, 2.0, 4.0, 3.0)]
+    path = write_csv(tmp_path / "d.csv", ["grp", "x", "y"], rows)
+    out = tmp_path / "r.json"
+    code, _, err = run(["fit", path, "--group", "grp", "--out", out, "--quiet"], capsys)
+    assert code == 0
+    (line,) = err.strip().splitlines()
+    assert line.startswith("lossfn: group 'flat': the OLS/LAD/HUBER fit failed (constant x")
+    fine, flat = json.loads(out.read_text())
+    assert fine["ok"] is True and flat["ok"] is False and flat["ols"]["slope"] is None

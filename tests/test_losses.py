@@ -36,6 +36,14 @@ def test_huber_float_delta_equals_torch(delta, gen):
                                F.huber_loss(pred, target, delta=delta))
 
 
+def test_huber_tensor_delta_keeps_float32_digits_with_offsets():
+    # Dividing first would round 1e4/3 and (1e4+0.5)/3 separately and lose ~1e-3.
+    pred = torch.tensor([1e4 + 0.5], dtype=torch.float32)
+    target = torch.tensor([1e4], dtype=torch.float32)
+    value = lossfn.huber(pred, target, delta=torch.tensor(3.0))
+    assert value.item() == pytest.approx(0.125, rel=1e-6)
+
+
 def test_huber_tensor_delta_equals_torch_per_delta(gen):
     pred, target = torch.randn(2, 4, 30, generator=gen, dtype=torch.float64) * 3
     delta = torch.tensor([0.3, 1.0, 1.7, 4.0], dtype=torch.float64)[:, None]

@@ -54,7 +54,8 @@ def test_sampler_seeding(noise):
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
 
 
-@pytest.mark.parametrize("model", [lossfn.Gaussian, lossfn.Laplace, lambda s: lossfn.Huber(1.0, s)])
+@pytest.mark.parametrize("model", [lossfn.Gaussian, lossfn.Laplace, lambda s: lossfn.Huber(1.0, s),
+                                   lambda s: lossfn.Contaminated(0.1, 3.0, scale=s)])
 def test_tensor_scale_sets_dtype_and_appends_its_shape(model):
     scale = torch.tensor([1.0, 100.0], dtype=torch.float64)
     x = model(scale).sample((5000, 3), generator=torch.Generator().manual_seed(0))

@@ -72,13 +72,36 @@ def test_max_loglik_gaussian_and_laplace_match_scipy_fits():
         assert gauss.n[i].item() == len(x)
 
 
-def test_max_loglik_huber_is_the_huber_density_at_the_fitted_location_and_scale():
+def test_max_loglik_huber_is_the_joint_maximum():
     r = _residuals(4)
     fitted = max_loglik(r, noise="huber", delta=1.345)
     for i in range(r.shape[0]):
-        u = r[i].numpy() - fitted.location[i].item()
-        ref = _huber_logpdf(u, 1.345, fitted.scale[i].item()).sum()
-        assert fitted.loglik[i].item() == pytest.approx(ref, rel=1e-9)
+        x = r[i].numpy()
+        # Independent: maximize the density (Z by quadrature) over (μ, log s) with scipy.
+        objective = lambda p: -_huber_logpdf(x - p[0], 1.345, math.exp(p[1])).sum()
+        start = [np.median(x), math.log(stats.median_abs_deviation(x, scale="normal"))]
+        best = optimize.minimize(objective, start, method="Nelder-Mead",
+                                 options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20_000})
+        assert fitted.loglik[i].item() == pytest.approx(-best.fun, rel=1e-9)
+        assert fitted.loglik[i].item() >= -best.fun - 1e-9
+        assert fitted.location[i].item() == pytest.approx(best.x[0], abs=1e-5 * x.std())
+        assert fitted.scale[i].item() == pytest.approx(math.exp(best.x[1]), rel=1e-5)
+
+
+def test_max_loglik_vmaps_and_differentiates_in_delta():
+    r = _residuals(8)[1]
+    deltas = torch.tensor([0.7, 1.345, 2.0], dtype=F64)
+    mapped = torch.func.vmap(lambda d: max_loglik(r, noise="huber", delta=d).loglik)(deltas)
+    looped = torch.stack([max_loglik(r, noise="huber", delta=float(d)).loglik for d in deltas])
+    torch.testing.assert_close(mapped, looped)
+    # By the envelope theorem the total derivative is the partial one at the optimum:
+    # compare autograd with a central difference of the maximized value.
+    d = torch.tensor(1.345, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(max_loglik(r, noise="huber", delta=d).loglik, d)
+    h = 1e-5
+    fd = (max_loglik(r, noise="huber", delta=1.345 + h).loglik
+          - max_loglik(r, noise="huber", delta=1.345 - h).loglik) / (2 * h)
+    assert g.item() == pytest.approx(fd.item(), rel=1e-4, abs=1e-7)
 
 
 def test_padding_is_never_read_and_vmap_matches_batch():
@@ -114,7 +137,11 @@ def test_aic_and_the_recommendation():
     lap = lossfn.Laplace(1.0).sample(4000, generator=g, dtype=F64)
     out = compare_noise(torch.stack([gauss, lap]), n_params=0)
     assert [LOSS_OF[NOISE_MODELS[i]] for i in out.best.tolist()] == ["mse", "mae"]
-    assert torch.allclose(out.aic, 2 * 1 - 2 * out.loglik)
+    # AIC with k = 1 (the scale) from scipy's own maximized Gaussian log-likelihood.
+    mu, sd = stats.norm.fit(gauss.numpy())
+    gaussian_column = NOISE_MODELS.index("gaussian")
+    assert out.aic[0, gaussian_column].item() == pytest.approx(
+        2 * 1 - 2 * stats.norm.logpdf(gauss.numpy(), mu, sd).sum(), rel=1e-12)
     with pytest.raises(ValueError, match="one of"):
         max_loglik(gauss, noise="cauchy")
     with pytest.raises(ValueError, match="give one residual tensor or 3"):

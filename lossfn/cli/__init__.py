@@ -132,7 +132,10 @@ def _run_fit(args: argparse.Namespace) -> int:
              f"missing value (of {len(table.rows)}).")
     for note in _fit.check_fittable(groups):
         _say(note)
-    records = _fit.fit_groups(groups, delta=args.delta, progress=args.progress)
+    failures: list = []
+    records = _fit.fit_groups(groups, delta=args.delta, progress=args.progress, notes=failures)
+    for note in failures:
+        _say(note)
     if not args.quiet:
         print(_fit.format_table(records))
     if out is not None:

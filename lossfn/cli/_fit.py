@@ -61,14 +61,17 @@ def _number(value: torch.Tensor) -> Optional[float]:
 
 
 def fit_groups(
-    groups: Groups, *, delta: float = 1.345, progress: Optional[bool] = None
+    groups: Groups, *, delta: float = 1.345, progress: Optional[bool] = None,
+    notes: Optional[List[str]] = None,
 ) -> List[Dict]:
     """Fit all groups at once and return one record per group (see ``lossfn fit --help``).
 
     The line fits come from :mod:`lossfn.fit` (``ols``, ``lad``, ``huber``), the
     scores from :func:`lossfn.select.compare_noise`. A group with fewer than
     :data:`MIN_POINTS` points or a failed fit has ``ok=False``, null numbers and
-    no recommendation; the others are unaffected.
+    no recommendation; the others are unaffected. When ``notes`` is a list, one
+    line per failed group that had enough points is appended to it, saying which
+    step failed.
     """
     from .. import fit  # the estimators layer; imported here so --help stays fast
 
@@ -112,6 +115,12 @@ def fit_groups(
         best = select.NOISE_MODELS[int(scores.best[g])]
         record["recommended"] = select.LOSS_OF[best] if good else None
         records.append(record)
+        if notes is not None and not good and int(n[g]) >= MIN_POINTS:
+            failed = [m.upper() for m, f in fits.items() if not bool(f.ok[g])]
+            why = (f"the {'/'.join(failed)} fit failed (constant x, a non-finite value, "
+                   "or no convergence)" if failed
+                   else "the residuals have no spread, so no noise scale can be fitted")
+            notes.append(f"group {name!r}: {why}; reported with ok=false.")
     return records
 
 

@@ -1,10 +1,11 @@
-"""Batched regression fits: least squares, the standardized line, location/scale.
+"""Batched fits: least squares, the standardized line, location/scale, LAD, Huber.
 
-Each fit is the maximum-likelihood estimate under a noise model (OLS under
-Gaussian noise, LAD under Laplace noise, Huber's M-estimator under Huber's),
-computed for a whole batch of datasets in one call: leading dimensions are
-datasets, results are NamedTuples with one entry per dataset and an ``ok`` flag
-for degenerate ones.
+Each fit is a maximum-likelihood estimate under a noise model (OLS under
+Gaussian noise, LAD under Laplace noise, Huber's M-estimate under Huber's
+noise), computed for a whole batch of datasets in one call: leading
+dimensions are datasets, results are NamedTuples with one entry per dataset
+and an ``ok`` flag for degenerate ones. Everything runs under
+``torch.func.vmap``.
 """
 
 from ._huber import HuberFit as HuberFit
@@ -17,5 +18,14 @@ from ._ols import ols as ols
 from ._standardized import Standardized as Standardized
 from ._standardized import standardized as standardized
 
-__all__ = ["OLSFit", "ols", "Standardized", "standardized", "location_scale",
-           "LADFit", "lad", "HuberFit", "huber"]
+__all__ = [
+    "OLSFit",
+    "ols",
+    "Standardized",
+    "standardized",
+    "location_scale",
+    "LADFit",
+    "lad",
+    "HuberFit",
+    "huber",
+]

@@ -8,18 +8,23 @@ scale ``s`` (see :class:`lossfn.Huber`), the negative log-likelihood is
           \rho_\delta(u) = \begin{cases} u^2/2 & |u| \le \delta \\
           \delta|u| - \delta^2/2 & |u| > \delta \end{cases}
 
-i.e. it solves ``Σ ψ_δ(rᵢ/s) xᵢ = 0`` with ``ψ_δ(u) = clip(u, −δ, δ)``. The
-solver is iteratively reweighted least squares (IRLS): weights
-``wᵢ = min(1, δ·s/|rᵢ|)`` make ``Σ wᵢ rᵢ xᵢ = s·Σ ψ_δ(rᵢ/s) xᵢ``, and each
-weighted least-squares solve lowers the objective (Huber 1981, §7.8).
+i.e. it solves ``Σ ψ_δ(rᵢ/s) xᵢ = 0`` with ``ψ_δ(u) = clip(u, −δ, δ)``. Each
+iteration takes the better (lower objective) of two steps that share the
+right-hand side ``Xᵀψ``: the iteratively-reweighted-least-squares step
+(weights ``min(1, δ·s/|rᵢ|)``, which always descends; Huber & Ronchetti 2009,
+§7.8) and the Newton step (weights 1 on the inliers ``|rᵢ| ≤ δ·s``, 0 on the
+rest), which lands exactly on the minimizer once it sees the final inlier set.
 
-When the scale is not given it is estimated jointly, exactly as statsmodels'
-``RLM(M=HuberT(t=δ)).fit()`` does by default (``scale_est="mad"``): start from
-ordinary least squares, ``s₀ = median|rᵢ| / Φ⁻¹(3/4)`` of its residuals (the MAD
-about **zero**, not about the median of the residuals), then alternate one
-IRLS step at scale ``s_k`` with ``s_{k+1} = median|rᵢ(β_{k+1})| / Φ⁻¹(3/4)``.
-The estimate is the fixed point: ``β`` minimizes ``Σ ρ_δ(rᵢ/s)`` at the scale
-``s`` that its own residuals give.
+When the scale is not given it is estimated jointly, with the rule of
+statsmodels' ``RLM(M=HuberT(t=δ)).fit()`` default (``scale_est="mad"``): start
+from ordinary least squares and its ``s₀ = median|rᵢ| / Φ⁻¹(3/4)`` (the MAD
+about **zero**, statsmodels' ``mad(resid, center=0)``, not about the median of
+the residuals); after each step ``s = median|rᵢ(β)| / Φ⁻¹(3/4)`` of the new
+residuals. The estimate is the fixed point: ``β`` minimizes ``Σ ρ_δ(rᵢ/s)`` at
+the scale ``s`` that its own residuals give, which is what RLM returns when
+run to convergence. RLM gets there by plain alternation; here the scale
+iteration is Aitken-extrapolated where it runs straight (see
+:func:`_extrapolate`), which changes the path, not the fixed point.
 
 References:
     P. J. Huber (1964), Robust estimation of a location parameter, Ann. Math.
@@ -32,9 +37,18 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Union
 
 import torch
+from einops import rearrange
 
+from .._checks import check_fit_options
 from ..location import MAD_TO_SIGMA
-from ._prepare import independent_rows, median_abs, standardize, unstandardize
+from ._prepare import (
+    blank_where,
+    in_blocks,
+    independent_rows,
+    median_abs,
+    standardize,
+    unstandardize,
+)
 from ._wls import fitted, project, solve_spd, weighted_gram, wls_step
 
 __all__ = ["HuberFit", "huber"]
@@ -47,7 +61,7 @@ class HuberFit(NamedTuple):
         intercept: ``(...)``; 0 when fitted without intercept.
         slope: ``(...)`` for simple regression, ``(..., d)`` for multiple.
         scale: the scale ``s`` used at the end ``(...)`` (estimated or given).
-        iterations: IRLS steps until convergence (``max_iter`` if never) ``(...)``.
+        iterations: steps until convergence (``max_iter`` if never) ``(...)``.
         converged: the last step changed ``β`` (in units of the standardized
             problem) and ``s`` by at most ``tol`` relative ``(...)``.
         ok: full column rank, positive scale and converged ``(...)``. Where the
@@ -71,21 +85,26 @@ def _objective(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (inner * (a - inner / 2)).sum(-1)
 
 
-def _aitken(s1, s2, s3):
-    """Aitken's Δ² extrapolation of the scale iteration, safeguarded.
+def _extrapolate(d1, d2, d3, run, s_new):
+    """Aitken's Δ² jump of the scale iteration, taken only on a straight stretch.
 
-    With ``β`` re-solved at each scale, ``s ↦ median|r(β(s))|/Φ⁻¹(3/4)`` is
-    piecewise linear in ``s`` (within a fixed inlier set ``β(s)`` is linear in
-    ``s``), so from three successive steps inside one piece Δ² lands on the
-    fixed point. A jump that is not positive or moves more than ten times the
-    last step is discarded. The plain iteration then verifies convergence.
+    With ``β`` re-solved at each scale, ``g(s) = median|r(β(s))|/Φ⁻¹(3/4)`` is
+    piecewise linear in ``s``: within a fixed inlier set ``β(s)`` is linear in
+    ``s``, and so is one order statistic of ``|r|``. On one piece the steps
+    ``dₖ = sₖ − sₖ₋₁`` shrink by a constant ratio ``ρ = g'``, and the fixed point
+    is ``s_new + d·ρ/(1 − ρ)``. Two equal successive ratios (three plain steps,
+    ``run ≥ 3``) are the evidence of a straight stretch; across a kink they
+    differ and the plain iteration goes on. The plain iteration verifies the
+    result either way: a jump never counts as convergence.
+
+    Returns the next scale and whether it jumped.
     """
-    d1, d2 = s2 - s1, s3 - s2
-    curvature = d2 - d1
-    jump = torch.where(curvature != 0, d2 * d2 / torch.where(curvature != 0, curvature, 1.0), 0.0)
-    target = s3 - jump
-    sane = (curvature != 0) & (target > 0) & (jump.abs() <= 10 * d2.abs())
-    return torch.where(sane, target, s3)
+    safe1 = torch.where(d1 != 0, d1, 1.0)
+    safe2 = torch.where(d2 != 0, d2, 1.0)
+    rho_before, rho = d2 / safe1, d3 / safe2
+    straight = (run >= 3) & (d1 != 0) & (d2 != 0) & (rho.abs() <= 0.95)
+    straight = straight & ((rho - rho_before).abs() <= 1e-3 * rho.abs())
+    return torch.where(straight, s_new + d3 * rho / (1 - rho), s_new), straight
 
 
 def huber(
@@ -96,7 +115,7 @@ def huber(
     scale: Union[None, float, torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     intercept: bool = True,
-    max_iter: int = 25,
+    max_iter: Optional[int] = None,
     tol: Optional[float] = None,
 ) -> HuberFit:
     r"""Huber M-estimate of a linear regression, many datasets at once.
@@ -117,14 +136,28 @@ def huber(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit an intercept (default) or force the line through 0.
-        max_iter: iterations, the same for every dataset (default 25; with a
-            fixed scale ~5 are typical, with an estimated one ~10).
+        max_iter: iterations, the same for every dataset. Default 10 with a
+            fixed scale (at most 6 seen on heavy-tailed data), 20 with an
+            estimated one (at most 13 on the benchmark's data). Where the scale
+            iteration crosses a repelling stretch it can need more (RLM then
+            needs hundreds); such datasets come back with ``converged=False``:
+            refit them with a larger ``max_iter``.
         tol: relative convergence tolerance (default ``eps**0.6``: ``4e-10``
             in float64, ``7e-5`` in float32).
 
     Returns:
         :class:`HuberFit` with fields of batch shape ``(...)`` (``slope`` has a
         trailing ``d`` for multiple regression).
+
+    Note:
+        scikit-learn's ``HuberRegressor(epsilon=ε, alpha=0)`` minimizes
+        ``Σ (σ + σ·H_ε(rᵢ/σ))`` jointly over ``(β, σ)``, with ``H_ε = 2ρ_ε``
+        (Owen's concomitant scale, not the MAD). At its ``σ̂ = scale_`` its
+        ``β̂`` minimizes ``Σ ρ_ε(rᵢ/σ̂)``: it equals ``huber(x, y, delta=ε,
+        scale=σ̂)`` up to the accuracy at which its L-BFGS stops (~1e-5).
+
+    On the CPU a large batch runs in blocks of 256 datasets, whose working set
+    stays in cache; the result is the same as one call.
 
     Example:
         >>> import torch
@@ -135,18 +168,29 @@ def huber(
         >>> [round(v, 4) for v in (fit.intercept.item(), fit.slope.item())], bool(fit.ok)
         ([0.966, 2.0241], True)
     """
-    std, simple = standardize("huber", x, y, mask, intercept)
-    X, yy, w = std.design, std.response, std.weight
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and not scale > 0:
         raise ValueError(f"huber: scale must be > 0 or None (estimate it), got {scale}")
     if isinstance(delta, (int, float)) and not isinstance(delta, bool) and not delta > 0:
         raise ValueError(f"huber: delta must be > 0, got {delta}")
+    check_fit_options("huber", intercept, max_iter)
+    per_dataset = {"delta": delta, "scale": scale}
+    return in_blocks(_huber, "huber", x, y, mask, per_dataset,
+                     intercept=intercept, max_iter=max_iter, tol=tol)
+
+
+def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
+    """:func:`huber` for one block of datasets."""
+    std, simple = standardize("huber", x, y, mask, intercept)
+    X, yy, w = std.design, std.response, std.weight
     eps = torch.finfo(X.dtype).eps
     if tol is None:
         tol = eps ** 0.6
+    if max_iter is None:
+        max_iter = 20 if scale is None else 10
     batch = yy.shape[:-1]
     delta_t = torch.as_tensor(delta, dtype=X.dtype, device=X.device).expand(batch)
     _, full_rank = independent_rows(X, w, torch.zeros_like(w))
+    full_rank = full_rank & std.informative
     present = None if mask is None else w > 0
 
     def estimate_scale(r: torch.Tensor) -> torch.Tensor:
@@ -154,7 +198,8 @@ def huber(
 
     # Masked points have zero rows and responses: their residual is 0 at every
     # β, so they add nothing to the sums below and need no weight of their own.
-    Xt = X.transpose(-1, -2).contiguous()
+    # Feature-major copy: the batched products below read it contiguously.
+    Xt = rearrange(X, "... m p -> ... p m").contiguous()
     beta = wls_step(X, Xt, yy, w, torch.zeros_like(X[..., 0, :]))
     if scale is None:
         s = estimate_scale(yy - fitted(Xt, beta))
@@ -165,8 +210,10 @@ def huber(
     done = torch.zeros_like(full_rank)
     iterations = torch.zeros_like(full_rank, dtype=torch.long)
     tiny = torch.finfo(X.dtype).tiny
-    previous = s  # the scale one iteration back
-    for k in range(max_iter):
+    # The last three plain steps of the scale, and how many there have been.
+    d1 = d2 = torch.zeros_like(s)
+    run = torch.zeros_like(iterations)
+    for _ in range(max_iter):
         r = yy - fitted(Xt, beta)
         a = r.abs()
         c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
@@ -179,10 +226,11 @@ def huber(
         better = _objective(yy - fitted(Xt, newton), c) <= _objective(yy - fitted(Xt, irls), c)
         new_beta = torch.where(better.unsqueeze(-1), newton, irls)
         if scale is None:
-            new_s = estimate_scale(yy - fitted(Xt, new_beta))
-            if k % 3 == 2:
-                new_s = _aitken(previous, s, new_s)
-            previous = s
+            plain = estimate_scale(yy - fitted(Xt, new_beta))
+            d3 = plain - s
+            new_s, jumped = _extrapolate(d1, d2, d3, run + 1, plain)
+            run = torch.where(jumped, 0, run + 1)
+            d1, d2 = d2, d3
         else:
             new_s = s
         step = (new_beta - beta).abs().amax(-1)
@@ -195,12 +243,11 @@ def huber(
 
     icpt, slope = unstandardize(beta, std, intercept, simple)
     s = s * std.y_scale
-    nan = torch.nan
-    icpt = torch.where(full_rank, icpt, nan)
-    slope = torch.where(full_rank.reshape(full_rank.shape + (1,) * (slope.dim() - full_rank.dim())), slope, nan)
-    s = torch.where(full_rank, s, nan)
+    # A tensor δ ≤ 0 (a float one raises in huber) is outside the domain: no fit.
+    usable = full_rank & (delta_t > 0)
+    icpt, slope, s = blank_where(~usable, icpt, slope, s)
     # A scale within rounding of 0 means more than half the points lie on the
     # fit (RLM warns and stops there); the estimate is then not meaningful.
     floor = 1000 * eps * std.y_scale if scale is None else 0.0
-    ok = full_rank & done & (s > floor)
+    ok = usable & done & (s > floor)
     return HuberFit(icpt, slope, s, iterations, done, ok)

@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .._checks import check_fit_options
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
 from ._solve import Solution, solve_centred
 
@@ -99,8 +100,7 @@ def ols(
         NIST Statistical Reference Datasets, linear regression
         (https://www.itl.nist.gov/div898/strd/lls/lls.shtml).
     """
-    if not isinstance(intercept, bool):
-        raise TypeError(f"ols: intercept must be True or False, got {intercept!r}.")
+    check_fit_options("ols", intercept)
     data = prepare("ols", x, y, mask)
     if data.simple:
         return _simple(data) if intercept else _simple_origin(data)

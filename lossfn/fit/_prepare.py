@@ -10,14 +10,16 @@ units. :func:`unstandardize` maps the coefficients back.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+import math
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from .._checks import check_design, check_mask
+from ..location import median
+from ._design import noise_floor, prepare
 
 
-class Standardized(NamedTuple):
+class StandardForm(NamedTuple):
     """A batch of designs in standard form, plus what is needed to undo it.
 
     ``design`` is ``(..., m, p)`` with the intercept column (all ones) first when
@@ -32,6 +34,7 @@ class Standardized(NamedTuple):
     x_scale: torch.Tensor  # (..., d)
     y_centre: torch.Tensor  # (...)
     y_scale: torch.Tensor  # (...)
+    informative: torch.Tensor  # (...) bool: no column is constant up to rounding
 
 
 def standardize(
@@ -40,8 +43,11 @@ def standardize(
     y: torch.Tensor,
     mask: Optional[torch.Tensor],
     intercept: bool,
-) -> Tuple[Standardized, bool]:
+) -> Tuple[StandardForm, bool]:
     """Validate ``x, y, mask`` and return the standardized problem and ``simple``.
+
+    Inputs follow :func:`lossfn.fit.ols`: ``x`` is ``(..., m)`` or ``(..., m, d)``,
+    ``y`` is ``(..., m)``, and their batch dims (and the mask's) broadcast.
 
     Columns are centred at their mean (only with an intercept, which absorbs the
     shift) and divided by their root mean square; ``y`` likewise centred, then
@@ -49,13 +55,13 @@ def standardize(
     replaced by 1 so that nothing divides by zero; such datasets are caught by
     the rank test of :func:`independent_rows`.
     """
-    simple = check_design(fn, x, y)
-    check_mask(fn, mask, y.shape)
-    cols = x.unsqueeze(-1) if simple else x
-    if mask is None:
+    data = prepare(fn, x, y, mask)  # validated, batch dims broadcast
+    simple, y = data.simple, data.y
+    cols = data.x.unsqueeze(-1) if simple else data.x
+    if data.present is None:
         weight = torch.ones_like(y)
     else:
-        present = mask.expand(y.shape)
+        present = data.present
         weight = present.to(y.dtype)
         # Masked-out entries may hold nan or inf: replace them, never multiply them.
         cols = torch.where(present.unsqueeze(-1), cols, 0.0)
@@ -71,6 +77,10 @@ def standardize(
         y_centre = y.new_zeros(y.shape[:-1])
     centred = (cols - x_centre.unsqueeze(-2)) * w_col
     x_scale = ((centred * centred).sum(-2) / count.unsqueeze(-1)).sqrt()
+    # The rank rule of fit.ols: a centred column whose norm is within rounding
+    # noise of its offset is constant, whatever its last bits say.
+    spread = x_scale * count.unsqueeze(-1).sqrt()
+    informative = (spread > noise_floor(x_centre, count.unsqueeze(-1))).all(-1)
     x_scale = torch.where(x_scale > 0, x_scale, 1.0)
     columns = centred / x_scale.unsqueeze(-2)
 
@@ -80,11 +90,12 @@ def standardize(
     response = shifted / y_scale.unsqueeze(-1)
 
     design = torch.cat([w_col, columns], dim=-1) if intercept else columns
-    return Standardized(design, response, weight, x_centre, x_scale, y_centre, y_scale), simple
+    form = StandardForm(design, response, weight, x_centre, x_scale, y_centre, y_scale, informative)
+    return form, simple
 
 
 def unstandardize(
-    beta: torch.Tensor, std: Standardized, intercept: bool, simple: bool
+    beta: torch.Tensor, std: StandardForm, intercept: bool, simple: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Map standardized coefficients ``(..., p)`` back to ``(intercept, slope)``.
 
@@ -148,23 +159,58 @@ def independent_rows(
 
 
 def median_abs(r: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
-    """``median |rᵢ|`` over the last dim (mid-pair average for an even count).
+    """``median |rᵢ|`` over the last dim (mid-pair average for an even count),
+    over the ``present`` points; nan where none is (:func:`lossfn.location.median`)."""
+    return median(r.abs(), mask=present)
 
-    ``present`` (bool, same shape) limits it to the points that exist; nan
-    where none does. Without a mask, one ``kthvalue`` selection replaces the
-    sort (the upper middle value is then the next value up, or a tie).
+
+def blank_where(bad: torch.Tensor, *fields: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``fields`` with nan where ``bad`` (batch shape ``(...)``; trailing dims broadcast)."""
+    out = []
+    for field in fields:
+        flag = bad.reshape(bad.shape + (1,) * (field.dim() - bad.dim()))
+        out.append(torch.where(flag, torch.nan, field))
+    return tuple(out)
+
+
+#: Datasets per block on the CPU. The iterative fits make dozens of passes over
+#: their data; a block's working set stays in cache, a whole batch's does not
+#: (blocks of 256 run ~2.3x faster per fit than one pass over 1000 datasets of
+#: 200 points). On other devices the whole batch is one block.
+CPU_BLOCK = 256
+
+
+def in_blocks(fit: Callable, fn: str, x, y, mask, per_dataset: dict, **options):
+    """``fit(x, y, mask=mask, **per_dataset, **options)``, run block by block.
+
+    The batch is flattened and cut into blocks of at most :data:`CPU_BLOCK`
+    datasets; each block is one batched call (datasets are independent, so the
+    result is the same as one call), and the fields are joined and reshaped to
+    the batch shape. ``per_dataset`` holds parameters that may be tensors over
+    the batch (``delta``, ``scale``). The number of blocks depends on shapes
+    only; under ``torch.func.vmap`` the function sees one dataset, one block.
     """
-    a = r.abs()
-    m = a.shape[-1]
-    if present is None:
-        lower = a.kthvalue((m + 1) // 2, dim=-1, keepdim=True).values
-        if m % 2:
-            return lower.squeeze(-1)
-        tied = (a <= lower).sum(-1, keepdim=True) > m // 2
-        above = torch.where(a > lower, a, torch.inf).amin(-1, keepdim=True)
-        return ((lower + torch.where(tied, lower, above)) / 2).squeeze(-1)
-    n = present.sum(-1, keepdim=True)
-    ordered = torch.where(present, a, torch.inf).sort(dim=-1).values
-    lower = ordered.gather(-1, ((n - 1) // 2).clamp(min=0))
-    upper = ordered.gather(-1, (n // 2).clamp(max=m - 1))
-    return torch.where(n > 0, (lower + upper) / 2, torch.nan).squeeze(-1)
+    data = prepare(fn, x, y, mask)
+    batch = data.y.shape[:-1]
+    n = math.prod(batch)
+    if data.y.device.type != "cpu" or n <= CPU_BLOCK:
+        return fit(x, y, mask=mask, **per_dataset, **options)
+    m = data.y.shape[-1]
+    flat_x = data.x.reshape((n, m) + data.x.shape[len(batch) + 1 :])
+    flat_y = data.y.reshape(n, m)
+    flat_mask = None if data.present is None else data.present.reshape(n, m)
+    flat_params = {
+        name: value.expand(batch).reshape(n) if isinstance(value, torch.Tensor) else value
+        for name, value in per_dataset.items()
+    }
+    parts = []
+    for start in range(0, n, CPU_BLOCK):
+        block = slice(start, start + CPU_BLOCK)
+        params = {
+            name: value[block] if isinstance(value, torch.Tensor) else value
+            for name, value in flat_params.items()
+        }
+        block_mask = None if flat_mask is None else flat_mask[block]
+        parts.append(fit(flat_x[block], flat_y[block], mask=block_mask, **params, **options))
+    joined = [torch.cat(field, dim=0) for field in zip(*parts)]
+    return type(parts[0])(*[f.reshape(batch + f.shape[1:]) for f in joined])

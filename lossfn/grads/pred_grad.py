@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import math
+
 import torch
 
 from .._checks import as_parameter, check_pair, check_reduction, check_weight
@@ -37,7 +39,11 @@ def derivative(residual: torch.Tensor, loss: str, delta: Param) -> torch.Tensor:
     if loss == "mae":
         return torch.sign(residual)
     if isinstance(delta, torch.Tensor):
-        return torch.minimum(torch.maximum(residual, -delta), delta)
+        clipped = torch.minimum(torch.maximum(residual, -delta), delta)
+        # Outside the domain δ > 0: nan, as lossfn.huber gives, not a silent clamp.
+        return torch.where(delta > 0, clipped, math.nan)
+    if not delta > 0:
+        return torch.full_like(residual, math.nan)
     return residual.clamp(-delta, delta)
 
 
@@ -94,7 +100,7 @@ def pred_grad(
     check_pair(fn, pred, target)
     check_reduction(fn, reduction)
     check_loss_name(fn, loss)
-    delta = as_parameter(delta, pred)
+    delta = as_parameter("pred_grad", "delta", delta, pred)
     slope = derivative(pred - target, loss, delta)
     if slope.shape != pred.shape:
         raise ShapeError(

@@ -74,8 +74,12 @@ def shares(
     if pred.dim() == 0:
         raise ValueError(f"{fn}: pred and target need a last dimension of m points, got a scalar.")
     check_mask(fn, mask, pred.shape)
-    delta = as_parameter(delta, pred)
+    delta = as_parameter("shares", "delta", delta, pred)
     residual = pred - target
+    if mask is not None:
+        # Zero the masked residuals before any arithmetic (a where after it would
+        # still send 0·nan = nan into the backward pass); value and pull are then 0 there.
+        residual = torch.where(mask, residual, 0.0)
     if loss == "mse":
         value = residual * residual
     elif loss == "mae":
@@ -83,10 +87,6 @@ def shares(
     else:
         value = huber_rho(residual, delta)
     pull = derivative(residual, loss, delta).abs()
-    if mask is not None:
-        # where, not multiply: a masked-out inf or nan must not leak into the totals.
-        value = torch.where(mask, value, 0.0)
-        pull = torch.where(mask, pull, 0.0)
     total_value = value.sum(-1, keepdim=True)
     total_pull = pull.sum(-1, keepdim=True)
     good = (total_value > 0) & torch.isfinite(total_value) & torch.isfinite(total_pull)

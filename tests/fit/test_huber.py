@@ -153,6 +153,38 @@ def test_exact_fit_of_a_majority_is_flagged():
     assert torch.isfinite(fit.slope) and torch.isfinite(fit.intercept)
 
 
+def test_slow_scale_iteration_is_flagged_then_matches_rlm():
+    # A contaminated dataset on which the scale iteration crosses a repelling
+    # stretch (steps grow by ~7% each): RLM needs ~430 iterations (its default
+    # maxiter=50 stops early without a word). The default cap flags it; more
+    # iterations reach RLM's fixed point.
+    x = torch.tensor([
+        -0.2255808756421795, 0.310960466890386, 0.3646525880482179,
+        -0.5504659369088362, 0.8111618035615195, -0.5478613417238978,
+        0.9785773758764033, -1.9501389571578491, -0.7070977578851226,
+        1.3640933029760878, -2.929657469659253, -0.5157850247017282,
+        0.39201040220973526, -1.6835954558069663, -1.6377340285203645,
+        0.012709537230358746, -0.8486292932010503, 0.1999624122910758,
+        1.0449430819755954, 1.8020189472377766
+    ], dtype=F64)
+    y = torch.tensor([
+        -21.232053576531353, -0.8511300522987699, -0.052114189621288,
+        -0.5378922397862188, -0.037314218176863645, -0.9538055299874709,
+        1.8087793605463771, 19.037134426762577, -2.3581569509308786,
+        1.4125216114886365, 53.067345858304726, -1.2065083074836391,
+        26.02387163981623, -0.0016008948122616662, -1.6899022314707057,
+        1.4924860665859423, 16.6312985635654, 0.429088039699539, 44.124430605254545,
+        31.64994307741384
+    ], dtype=F64)
+    short = huber(x, y)
+    assert not short.converged and not short.ok and short.iterations == 20
+    long = huber(x, y, max_iter=100)
+    assert long.ok
+    ref = _rlm(x.numpy(), y.numpy(), 1.345)
+    assert _rel(np.r_[long.intercept.item(), long.slope.item()], ref.params) < 1e-9
+    assert long.scale.item() == pytest.approx(ref.scale, rel=1e-9)
+
+
 def test_vmap_equals_batched_call():
     X, y = _data("heavy", 5, 30, 2, seed=9)
     batched = huber(X, y)
@@ -162,6 +194,9 @@ def test_vmap_equals_batched_call():
         torch.testing.assert_close(a, b)
     fixed = torch.func.vmap(lambda x, y: huber(x, y, scale=1.0))(X, y)
     torch.testing.assert_close(fixed.slope, huber(X, y, scale=1.0).slope)
+    mask = torch.arange(30) < torch.tensor([30, 22, 15, 9, 6]).unsqueeze(-1)
+    masked = torch.func.vmap(lambda x, y, m: huber(x, y, mask=m))(X, y, mask)
+    torch.testing.assert_close(masked.slope, huber(X, y, mask=mask).slope)
 
 
 def test_float32_and_dtype_follow_inputs():
@@ -183,6 +218,25 @@ def test_non_convergence_is_flagged():
     assert full.converged.all() and (full.iterations < 100).all()
 
 
+def test_blocks_give_the_same_fits(monkeypatch):
+    # On the CPU the batch runs in blocks of CPU_BLOCK datasets (for the cache);
+    # blocks of 3 must equal one call, per-dataset delta and scale included.
+    import lossfn.fit._prepare as prepare_module
+
+    X, y = _data("contaminated", 8, 30, 2, seed=15)
+    X, y = X.reshape(2, 4, 30, 2), y.reshape(2, 4, 30)
+    delta = torch.linspace(0.8, 2.0, 4, dtype=F64)  # broadcasts over the (2, 4) batch
+    scale = torch.full((2, 1), 1.5, dtype=F64)
+    runs = {}
+    for block in (256, 3):
+        monkeypatch.setattr(prepare_module, "CPU_BLOCK", block)
+        runs[block] = (huber(X, y, delta=delta), huber(X, y, delta=delta, scale=scale))
+    for whole, blocked in zip(runs[256], runs[3]):
+        for a, b in zip(whole, blocked):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_inputs_not_mutated():
     X, y = _data("heavy", 2, 10, 2, seed=1)
     copies = X.clone(), y.clone()
@@ -191,8 +245,8 @@ def test_inputs_not_mutated():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ShapeError, match="huber: x must have shape"):
-        huber(torch.zeros(3, 10), torch.zeros(10))
+    with pytest.raises(ShapeError, match="huber: x and y must have the same number of points"):
+        huber(torch.zeros(3, 10), torch.zeros(3, 9))
     with pytest.raises(ValueError, match="huber: scale must be > 0"):
         huber(torch.zeros(10), torch.zeros(10), scale=0.0)
     with pytest.raises(ValueError, match="huber: delta must be > 0"):
@@ -234,3 +288,21 @@ def test_location_is_regression_on_a_constant():
     fit = huber(ones, samples, intercept=False, scale=0.8, delta=1.0)
     ref = huber_location(samples, scale=0.8, delta=1.0)
     torch.testing.assert_close(fit.slope[..., 0], ref.location, rtol=1e-9, atol=1e-12)
+
+
+def test_tensor_delta_outside_its_domain_is_not_ok():
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(3, 30, generator=gen, dtype=torch.float64)
+    y = 1 + 2 * x + torch.randn(3, 30, generator=gen, dtype=torch.float64)
+    out = huber(x, y, delta=torch.tensor([0.0, -1.0, 1.345], dtype=torch.float64))
+    assert out.ok.tolist() == [False, False, True]
+    assert torch.isnan(out.slope[:2]).all()
+    torch.testing.assert_close(out.slope[2], huber(x[2], y[2]).slope)
+
+
+def test_options_are_validated():
+    x = torch.arange(6.0, dtype=torch.float64)
+    with pytest.raises(TypeError, match="intercept must be True or False"):
+        huber(x, x, intercept=1)
+    with pytest.raises(ValueError, match="max_iter"):
+        huber(x, x, max_iter=2.5)

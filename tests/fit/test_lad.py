@@ -1,6 +1,7 @@
 """lossfn.fit.lad against the LP optimum (scipy HiGHS), an independent subgradient
 check, and the Laplace location/scale MLE against scipy.stats.laplace.fit."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -138,6 +139,18 @@ def test_degenerate_vertices_integer_data():
         assert fit.objective[b].item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
 
 
+def test_collinear_equally_spaced_points():
+    # Points 1, 3, 5 lie on y = -1 at equally spaced x: a perturbation that is
+    # linear in the point index (a Weyl sequence) keeps them collinear, and the
+    # walk then cycles between objectives 3.0 and 3.5. The optimum is 3.
+    x = torch.tensor([-1.0, -1.0, -1.0, 0.0, -1.0, 1.0], dtype=F64)
+    y = torch.tensor([-2.0, -1.0, -2.0, -1.0, 0.0, -1.0], dtype=F64)
+    fit = lad(x, y)
+    assert fit.ok
+    assert fit.objective.item() == pytest.approx(3.0, rel=1e-12)
+    assert lp_objective(x.numpy(), y.numpy()) == pytest.approx(3.0, rel=1e-12)
+
+
 def test_through_origin():
     X, y = _data("heavy", 3, 30, 2, seed=11)
     fit = lad(X, y, intercept=False)
@@ -187,6 +200,9 @@ def test_vmap_equals_batched_call():
     assert isinstance(mapped, LADFit)
     for a, b in zip(batched, mapped):
         torch.testing.assert_close(a, b)
+    mask = torch.arange(25) < torch.tensor([25, 20, 12, 9, 7, 4]).unsqueeze(-1)
+    masked = torch.func.vmap(lambda x, y, m: lad(x, y, mask=m))(X, y, mask)
+    torch.testing.assert_close(masked.objective, lad(X, y, mask=mask).objective)
 
 
 def test_float32_and_dtype_follow_inputs():
@@ -210,6 +226,30 @@ def test_iteration_cap_is_reported_not_silent():
     assert torch.equal(capped.ok, capped.objective <= full.objective * (1 + 1e-12))
 
 
+def test_shared_design_broadcasts_over_datasets():
+    X, y = _data("heavy", 4, 20, 2, seed=13)
+    shared = lad(X[:1], y)  # one design (1, m, d), four responses (4, m)
+    expanded = lad(X[0].expand(4, 20, 2), y)
+    torch.testing.assert_close(shared.objective, expanded.objective, rtol=1e-12, atol=0)
+    assert shared.slope.shape == (4, 2)
+
+
+def test_blocks_give_the_same_fits(monkeypatch):
+    # On the CPU the batch runs in blocks of CPU_BLOCK datasets (for the cache);
+    # a batch of shape (2, 4) in blocks of 3 must equal one call.
+    import lossfn.fit._prepare as prepare_module
+
+    X, y = _data("contaminated", 8, 20, 2, seed=14)
+    X, y = X.reshape(2, 4, 20, 2), y.reshape(2, 4, 20)
+    mask = torch.arange(20) < torch.arange(13, 21).reshape(2, 4, 1)
+    whole = lad(X, y, mask=mask)
+    monkeypatch.setattr(prepare_module, "CPU_BLOCK", 3)
+    blocked = lad(X, y, mask=mask)
+    for a, b in zip(whole, blocked):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_inputs_not_mutated():
     X, y = _data("heavy", 2, 10, 2, seed=1)
     mask = torch.ones(2, 10, dtype=torch.bool)
@@ -220,11 +260,13 @@ def test_inputs_not_mutated():
 
 def test_bad_arguments_raise_clear_errors():
     x = torch.zeros(3, 10)
-    with pytest.raises(ShapeError, match="lad: x must have shape"):
+    with pytest.raises(ShapeError, match="lad: x and y must have the same number of points"):
         lad(x, torch.zeros(3, 9))
+    with pytest.raises(ShapeError, match="lad: x must be"):
+        lad(torch.zeros(2, 3, 4, 10), torch.zeros(10))
     with pytest.raises(TypeError, match="lad: x has dtype torch.int64"):
         lad(torch.zeros(10, dtype=torch.long), torch.zeros(10))
-    with pytest.raises(TypeError, match="same dtype"):
+    with pytest.raises(TypeError, match="one precision"):
         lad(torch.zeros(10), torch.zeros(10, dtype=F64))
     with pytest.raises(TypeError, match="lad: mask must be a bool tensor"):
         lad(x, torch.zeros(3, 10), mask=torch.ones(3, 10))
@@ -259,3 +301,36 @@ def test_laplace_scale_is_lad_objective_over_m():
     ref = laplace_fit(samples)
     torch.testing.assert_close(fit.slope[..., 0], ref.location, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fit.objective / 15, ref.scale, rtol=1e-12, atol=0)
+
+
+def test_non_finite_present_points_give_nan_and_not_ok():
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(4, 20, generator=gen, dtype=torch.float64)
+    y = 2 * x + torch.randn(4, 20, generator=gen, dtype=torch.float64)
+    y[0, 2], y[1, 3] = math.nan, math.inf
+    X = torch.randn(4, 20, 3, generator=gen, dtype=torch.float64)
+    for design in (x, X):
+        out = lad(design, y)
+        assert out.ok.tolist() == [False, False, True, True]
+        assert torch.isnan(out.objective[:2]).all() and torch.isnan(out.intercept[:2]).all()
+        alone = lad(design[2:], y[2:])
+        torch.testing.assert_close(out.objective[2:], alone.objective)
+
+
+def test_options_are_validated():
+    x = torch.arange(5.0, dtype=torch.float64)
+    with pytest.raises(TypeError, match="intercept must be True or False"):
+        lad(x, x, intercept="yes")
+    with pytest.raises(ValueError, match="max_iter"):
+        lad(x, x, max_iter=-1)
+
+
+def test_all_fits_share_one_rank_rule():
+    # x varies only in its last float32 bit: rounding noise, not a design.
+    x = torch.tensor([[3.0000002] + [3.0] * 9, [float(i) for i in range(10)]])
+    wiggle = torch.tensor([0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.4, -0.3, 0.1])
+    y = (torch.arange(10.0) + wiggle).expand(2, 10)  # not a perfect fit: Huber needs a scale
+    from lossfn.fit import huber, ols
+    for fit in (ols(x, y), lad(x, y), huber(x, y)):
+        assert fit.ok.tolist() == [False, True]
+        assert torch.isnan(fit.slope[0]) and fit.slope[1].item() == pytest.approx(1.0, abs=0.1)

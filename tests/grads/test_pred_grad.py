@@ -92,3 +92,17 @@ def test_bad_arguments():
         lossfn.pred_grad(x, x, reduction="avg")
     with pytest.raises(ShapeError, match="delta"):
         lossfn.pred_grad(x, x, loss="huber", delta=torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0, torch.tensor(-1.0)])
+def test_delta_outside_its_domain_gives_nan_like_huber(delta):
+    pred, target = torch.tensor([0.5, -2.0]), torch.zeros(2)
+    assert torch.isnan(lossfn.pred_grad(pred, target, loss="huber", delta=delta)).all()
+    assert torch.isnan(lossfn.huber(pred, target, delta=delta))
+
+
+def test_parameter_type_errors_name_the_function_and_argument():
+    with pytest.raises(TypeError, match=r"gaussian_nll: scale must be a float or a tensor"):
+        lossfn.gaussian_nll(torch.zeros(2), torch.zeros(2), scale="a")
+    with pytest.raises(TypeError, match=r"huber: delta must be a real number"):
+        lossfn.huber(torch.zeros(2), torch.zeros(2), delta=torch.tensor([1j]))

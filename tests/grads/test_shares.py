@@ -78,3 +78,14 @@ def test_bad_arguments():
         lossfn.shares(x, x, mask=torch.ones(3))
     with pytest.raises(ValueError, match="scalar"):
         lossfn.shares(torch.tensor(1.0), torch.tensor(2.0))
+
+
+def test_masked_nan_does_not_reach_the_gradient():
+    pred = torch.tensor([[1.0, 2.0, float("nan")], [0.5, float("inf"), 3.0]], requires_grad=True)
+    target = torch.zeros(2, 3)
+    mask = torch.isfinite(pred.detach())
+    for loss in ("mse", "mae", "huber"):
+        out = lossfn.shares(pred, target, loss=loss, mask=mask)
+        (g,) = torch.autograd.grad(out.loss.nansum() + out.grad.nansum(), pred)
+        assert torch.isfinite(g).all(), loss
+        assert (g[~mask] == 0).all()
