@@ -91,12 +91,13 @@ class Moments(NamedTuple):
 BLOCK_BYTES = 1 << 22
 
 
-def in_blocks(fn, *arrays: Optional[torch.Tensor]) -> tuple:
+def in_blocks(fn, *arrays: Optional[torch.Tensor], rows: Optional[int] = None) -> tuple:
     """``fn(*arrays)`` evaluated on consecutive blocks of datasets, concatenated.
 
     ``arrays[0]`` is laid out (..., m) (the response); every array shares its
-    leading dim, which is split. ``fn`` must treat the datasets along it
-    independently and return a tuple of tensors whose first dim is the
+    leading dim, which is split into blocks of ``rows`` datasets (default:
+    about :data:`BLOCK_BYTES` of input). ``fn`` must treat the datasets along
+    it independently and return a tuple of tensors whose first dim is the
     block's. Arrays that are None are passed as None. Splitting is by shape
     only (never by value), so this is transparent to autograd and
     ``torch.func``; data without a batch dim (for example inside ``vmap`` of a
@@ -107,8 +108,9 @@ def in_blocks(fn, *arrays: Optional[torch.Tensor]) -> tuple:
     # multiply kernel launches.
     if lead.dim() < 2 or lead.device.type != "cpu":
         return fn(*arrays)
-    row_bytes = sum(a[0].numel() * a.element_size() for a in arrays if a is not None)
-    rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    if rows is None:
+        row_bytes = sum(a[0].numel() * a.element_size() for a in arrays if a is not None)
+        rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
     if lead.shape[0] <= rows:
         return fn(*arrays)
     parts = []

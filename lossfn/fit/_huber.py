@@ -43,7 +43,7 @@ from .._checks import check_fit_options
 from ..location import MAD_TO_SIGMA
 from ._prepare import (
     blank_where,
-    in_blocks,
+    fit_in_blocks,
     independent_rows,
     median_abs,
     standardize,
@@ -174,7 +174,7 @@ def huber(
         raise ValueError(f"huber: delta must be > 0, got {delta}")
     check_fit_options("huber", intercept, max_iter)
     per_dataset = {"delta": delta, "scale": scale}
-    return in_blocks(_huber, "huber", x, y, mask, per_dataset,
+    return fit_in_blocks(_huber, HuberFit, "huber", x, y, mask, per_dataset,
                      intercept=intercept, max_iter=max_iter, tol=tol)
 
 

@@ -42,7 +42,7 @@ import torch
 from einops import rearrange
 
 from .._checks import check_fit_options
-from ._prepare import blank_where, in_blocks, independent_rows, standardize, unstandardize
+from ._prepare import blank_where, fit_in_blocks, independent_rows, standardize, unstandardize
 from ._wls import fitted, project, wls_step
 
 __all__ = ["LADFit", "lad"]
@@ -184,7 +184,8 @@ def lad(
         (tensor(1., dtype=torch.float64), tensor(2., dtype=torch.float64), tensor(91., dtype=torch.float64))
     """
     check_fit_options("lad", intercept, max_iter)
-    return in_blocks(_lad, "lad", x, y, mask, {}, intercept=intercept, max_iter=max_iter)
+    return fit_in_blocks(_lad, LADFit, "lad", x, y, mask, {},
+                         intercept=intercept, max_iter=max_iter)
 
 
 def _lad(x, y, *, mask, intercept, max_iter):

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 
 from ..location import median
-from ._design import noise_floor, prepare
+from ._design import in_blocks, noise_floor, prepare
 
 
 class StandardForm(NamedTuple):
@@ -180,15 +180,16 @@ def blank_where(bad: torch.Tensor, *fields: torch.Tensor) -> Tuple[torch.Tensor,
 CPU_BLOCK = 256
 
 
-def in_blocks(fit: Callable, fn: str, x, y, mask, per_dataset: dict, **options):
+def fit_in_blocks(fit: Callable, result: type, fn: str, x, y, mask, per_dataset: dict, **options):
     """``fit(x, y, mask=mask, **per_dataset, **options)``, run block by block.
 
-    The batch is flattened and cut into blocks of at most :data:`CPU_BLOCK`
-    datasets; each block is one batched call (datasets are independent, so the
-    result is the same as one call), and the fields are joined and reshaped to
-    the batch shape. ``per_dataset`` holds parameters that may be tensors over
-    the batch (``delta``, ``scale``). The number of blocks depends on shapes
-    only; under ``torch.func.vmap`` the function sees one dataset, one block.
+    The batch is flattened and cut into blocks of :data:`CPU_BLOCK` datasets
+    (:func:`lossfn.fit._design.in_blocks`); each block is one batched call
+    (datasets are independent, so the result is the same as one call), and the
+    fields are joined into a ``result`` record of the batch shape.
+    ``per_dataset`` holds parameters that may be tensors over the batch
+    (``delta``, ``scale``). Under ``torch.func.vmap`` the function sees one
+    dataset, one block.
     """
     data = prepare(fn, x, y, mask)
     batch = data.y.shape[:-1]
@@ -199,18 +200,13 @@ def in_blocks(fit: Callable, fn: str, x, y, mask, per_dataset: dict, **options):
     flat_x = data.x.reshape((n, m) + data.x.shape[len(batch) + 1 :])
     flat_y = data.y.reshape(n, m)
     flat_mask = None if data.present is None else data.present.reshape(n, m)
-    flat_params = {
-        name: value.expand(batch).reshape(n) if isinstance(value, torch.Tensor) else value
-        for name, value in per_dataset.items()
-    }
-    parts = []
-    for start in range(0, n, CPU_BLOCK):
-        block = slice(start, start + CPU_BLOCK)
-        params = {
-            name: value[block] if isinstance(value, torch.Tensor) else value
-            for name, value in flat_params.items()
-        }
-        block_mask = None if flat_mask is None else flat_mask[block]
-        parts.append(fit(flat_x[block], flat_y[block], mask=block_mask, **params, **options))
-    joined = [torch.cat(field, dim=0) for field in zip(*parts)]
-    return type(parts[0])(*[f.reshape(batch + f.shape[1:]) for f in joined])
+    names = [k for k, v in per_dataset.items() if isinstance(v, torch.Tensor)]
+    fixed = {k: v for k, v in per_dataset.items() if not isinstance(v, torch.Tensor)}
+    varying = [per_dataset[k].expand(batch).reshape(n) for k in names]
+
+    def one_block(y_block, x_block, mask_block, *values):
+        return tuple(fit(x_block, y_block, mask=mask_block, **fixed,
+                         **dict(zip(names, values)), **options))
+
+    fields = in_blocks(one_block, flat_y, flat_x, flat_mask, *varying, rows=CPU_BLOCK)
+    return result(*[f.reshape(batch + f.shape[1:]) for f in fields])
