@@ -11,14 +11,18 @@ Run: python benchmarks/cli_fit.py [--quick] [--repeats N] [--threads N]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import torch
 
-from lossfn.cli._fit import fit_groups
-from lossfn.cli._table import Groups
-from lossfn.select import compare_noise
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the clone's lossfn and the timing helpers
+
+from _timing import median_time  # noqa: E402
+from lossfn.cli._fit import fit_groups  # noqa: E402
+from lossfn.cli._table import Groups  # noqa: E402
+from lossfn.select import compare_noise  # noqa: E402
 
 
 def make_groups(count: int, seed: int = 0) -> Groups:
@@ -39,16 +43,6 @@ def one(groups: Groups, i: int) -> Groups:
                   groups.mask[i:i + 1, :n], 0)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up, not timed
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
@@ -66,14 +60,14 @@ def main(argv=None) -> None:
     for count in sizes:
         groups = make_groups(count)
         singles = [one(groups, i) for i in range(count)]
-        batched = median_time(lambda: fit_groups(groups, progress=False), repeats)
-        looped = median_time(lambda: [fit_groups(s, progress=False) for s in singles], repeats)
+        batched = median_time(lambda: fit_groups(groups, progress=False), repeats=repeats, warmup=1)
+        looped = median_time(lambda: [fit_groups(s, progress=False) for s in singles], repeats=repeats, warmup=1)
         print(f"{'lossfn fit':<16}{count:>7}{1e3 * batched:>12.2f}{1e3 * looped:>11.2f}"
               f"{looped / batched:>13.1f}×")
         residuals = groups.y - groups.y.mean(-1, keepdim=True)
         rows = [residuals[i, : int(groups.mask[i].sum())] for i in range(count)]
-        batched = median_time(lambda: compare_noise(residuals, mask=groups.mask), repeats)
-        looped = median_time(lambda: [compare_noise(r) for r in rows], repeats)
+        batched = median_time(lambda: compare_noise(residuals, mask=groups.mask), repeats=repeats, warmup=1)
+        looped = median_time(lambda: [compare_noise(r) for r in rows], repeats=repeats, warmup=1)
         print(f"{'compare_noise':<16}{count:>7}{1e3 * batched:>12.2f}{1e3 * looped:>11.2f}"
               f"{looped / batched:>13.1f}×")
 
