@@ -127,11 +127,3 @@ def test_bad_mask_type():
         location.median(torch.zeros(3), mask=torch.ones(3))
     with pytest.raises(TypeError, match="floating-point"):
         location.median(torch.zeros(3, dtype=torch.long))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_low_precision_mean_is_correctly_rounded_with_offsets(dtype, gen):
-    x = (torch.randn(50, 25, generator=gen, dtype=torch.float64) + 1e3).to(dtype)
-    exact = x.double().mean(-1).to(dtype)  # the exact mean, rounded once
-    out = location.mean(x)
-    assert out.dtype == dtype and torch.equal(out, exact)
