@@ -16,18 +16,20 @@ under the key ``"loss.<name>"``.
 - :func:`shares`: each point's share of the loss and of the gradient.
 """
 
-from .norms import grad_norm_method as grad_norm_method
-from .norms import per_sample_grad_norms as per_sample_grad_norms
-from .persample import per_sample_grads as per_sample_grads
-from .pred_grad import pred_grad as pred_grad
-from .shares import Shares as Shares
-from .shares import shares as shares
+from ._norms import grad_norm_method as grad_norm_method
+from ._norms import per_sample_grad_norms as per_sample_grad_norms
+from ._persample import per_sample_grads as per_sample_grads
+from ._pred_grad import LOSS_NAMES as LOSS_NAMES
+from ._pred_grad import pred_grad as pred_grad
+from ._shares import Shares as Shares
+from ._shares import shares as shares
 
 __all__ = [
     "per_sample_grads",
     "per_sample_grad_norms",
     "grad_norm_method",
     "pred_grad",
+    "LOSS_NAMES",
     "Shares",
     "shares",
 ]

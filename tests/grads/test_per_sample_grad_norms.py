@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lossfn
-import lossfn.grads.norms as norms_module
+import lossfn.grads._norms as norms_module
 
 N, D = 10, 4
 

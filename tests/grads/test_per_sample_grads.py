@@ -279,7 +279,7 @@ def test_vmap_over_datasets_matches_one_at_a_time():
 
 
 def test_auto_takes_the_outer_path_for_linear_stacks_only(monkeypatch):
-    import lossfn.grads.persample as persample
+    import lossfn.grads._persample as persample
 
     calls = []
     real = persample._outer

@@ -20,7 +20,7 @@ from torch.func import grad, vjp, vmap
 
 from ..losses import huber, mae, mse
 from ._setup import LOSS_PREFIX, Model, Params, Setup, check_output
-from .pred_grad import pred_grad
+from ._pred_grad import pred_grad
 
 __all__ = ["ELEMENTWISE", "LinearPass", "grad_norm_method", "why_not", "linear_pass"]
 

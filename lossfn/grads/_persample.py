@@ -9,7 +9,7 @@ from torch.func import grad, vmap
 
 from ..losses import mse
 from ._setup import Model, Params, Setup, prepare
-from .linear_stack import linear_pass, why_not
+from ._linear_stack import linear_pass, why_not
 
 __all__ = ["per_sample_grads"]
 

@@ -9,7 +9,7 @@ import torch
 
 from .._checks import as_parameter, check_mask, check_pair
 from ..losses import huber_rho
-from .pred_grad import check_loss_name, derivative
+from ._pred_grad import check_loss_name, derivative
 
 __all__ = ["Shares", "shares"]
 

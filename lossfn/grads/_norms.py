@@ -11,7 +11,7 @@ from torch.func import grad, vmap
 
 from ..losses import mse
 from ._setup import Model, Params, Setup, prepare
-from .linear_stack import grad_norm_method, linear_pass, why_not
+from ._linear_stack import grad_norm_method, linear_pass, why_not
 
 __all__ = ["per_sample_grad_norms", "grad_norm_method"]
 
