@@ -94,20 +94,29 @@ BLOCK_BYTES = 1 << 22
 def in_blocks(fn, *arrays: Optional[torch.Tensor], rows: Optional[int] = None) -> tuple:
     """``fn(*arrays)`` evaluated on consecutive blocks of datasets, concatenated.
 
-    ``arrays[0]`` is laid out (..., m) (the response); every array shares its
-    leading dim, which is split into blocks of ``rows`` datasets (default:
-    about :data:`BLOCK_BYTES` of input). ``fn`` must treat the datasets along
-    it independently and return a tuple of tensors whose first dim is the
-    block's. Arrays that are None are passed as None. Splitting is by shape
-    only (never by value), so this is transparent to autograd and
-    ``torch.func``; data without a batch dim (for example inside ``vmap`` of a
-    one-dataset call) run in one block, as does data off the CPU.
+    ``arrays[0]`` is laid out (..., m) (the response); every array starts with
+    the same batch dims ``...``. Several batch dims are flattened into one
+    where that is a view of every array (a broadcast input may not allow it;
+    the first batch dim is split then), and split into blocks of ``rows``
+    datasets (default: about :data:`BLOCK_BYTES` of input), so a batch of shape
+    (1, 100000) is split as finely as one of shape (100000,). ``fn`` must treat
+    the datasets along the first dim independently and return a tuple of
+    tensors whose first dim is the block's; the results get the batch dims
+    back. Arrays that are None are passed as None. Splitting is by shape only
+    (never by value), so this is transparent to autograd and ``torch.func``;
+    data without a batch dim (for example inside ``vmap`` of a one-dataset
+    call) run in one block, as does data off the CPU.
     """
     lead = arrays[0]
     # The cache argument is a CPU one; on an accelerator, blocks would only
     # multiply kernel launches.
     if lead.dim() < 2 or lead.device.type != "cpu":
         return fn(*arrays)
+    batch = lead.shape[:-1]
+    flat = _flat_views(arrays, len(batch)) if len(batch) > 1 else None
+    if flat is not None:
+        parts = in_blocks(fn, *flat, rows=rows)
+        return tuple(p.unflatten(0, batch) for p in parts)
     if rows is None:
         row_bytes = sum(a[0].numel() * a.element_size() for a in arrays if a is not None)
         rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
@@ -118,6 +127,24 @@ def in_blocks(fn, *arrays: Optional[torch.Tensor], rows: Optional[int] = None) -
         size = min(rows, lead.shape[0] - start)
         parts.append(fn(*(None if a is None else a.narrow(0, start, size) for a in arrays)))
     return tuple(torch.cat(p) for p in zip(*parts))
+
+
+def _flat_views(arrays: tuple, dims: int) -> Optional[tuple]:
+    """The arrays with their first ``dims`` dims merged, if every one is a view; else None.
+
+    Never a copy: merging the batch dims of a broadcast array (stride 0 in
+    one of them) can need one as large as the whole batch.
+    """
+    flat = []
+    for a in arrays:
+        if a is None:
+            flat.append(None)
+            continue
+        try:
+            flat.append(a.view((-1,) + a.shape[dims:]))
+        except RuntimeError:
+            return None
+    return tuple(flat)
 
 
 def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):

@@ -380,3 +380,28 @@ def test_float32_nist_designs_match_statsmodels(name):
     ref = sm.OLS(y.double().numpy(), sm.add_constant(xs)).fit()
     assert lre(_coefficients(res, True), ref.params) >= 5.5
     assert lre(res.stderr.numpy(), ref.bse) >= 6
+
+
+def test_every_batch_dim_is_split_into_blocks(monkeypatch):
+    """A batch of shape (1, B) is cut into blocks like one of shape (B,): the
+    block size holds, and each dataset still matches scipy."""
+    monkeypatch.setattr(lossfn.fit._design, "BLOCK_BYTES", 2000)
+    seen = []
+    real = lossfn.fit._design._line_sums
+
+    def spy(y, *rest):
+        seen.append(y.shape)
+        return real(y, *rest)
+
+    monkeypatch.setattr(lossfn.fit._design, "_line_sums", spy)
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(1, 12, 25, generator=gen, dtype=torch.float64)
+    y = 2 - x + 0.3 * torch.randn(1, 12, 25, generator=gen, dtype=torch.float64)
+    res = fit.ols(x, y)
+    # 25 points x 8 bytes x (x and y) + 8 bytes of n = 408 bytes per dataset: blocks of 4.
+    assert [s[0] for s in seen] == [4, 4, 4]
+    assert res.slope.shape == (1, 12)
+    for k in range(12):
+        ref = scipy.stats.linregress(x[0, k].numpy(), y[0, k].numpy())
+        assert res.slope[0, k].item() == pytest.approx(ref.slope, rel=1e-12)
+        assert res.intercept[0, k].item() == pytest.approx(ref.intercept, rel=1e-12)
