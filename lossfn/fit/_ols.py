@@ -23,7 +23,7 @@ import torch
 
 from .._checks import check_fit_options
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import Solution, solve_centred
+from ._solve import Solution, padded_rows, solve_centred
 
 __all__ = ["OLSFit", "ols"]
 
@@ -167,29 +167,43 @@ def _simple_origin(data: Data) -> OLSFit:
 def _multiple_block(y, x, present, n, intercept: bool):
     """Centre one block of datasets and solve it: per-dataset results only."""
     d = x.shape[-1]
-    rows = None if present is None else present.unsqueeze(-2)
-    # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
-    # batched products over the points are fastest.
-    aug = torch.cat([x.mT, y.unsqueeze(-2)], dim=-2)
     # float32 on the CPU: one Gram pass in float64 (measured 1.3-1.5x faster
     # than the two float32 passes of CholeskyQR2, and at least as accurate).
     # On accelerators float64 can be far slower than float32: kept there.
-    data_eps = None
-    if aug.dtype == torch.float32 and aug.device.type == "cpu":
-        data_eps = torch.finfo(aug.dtype).eps
-        aug, n = aug.double(), n.double()
+    wide = x.dtype == torch.float32 and x.device.type == "cpu"
+    work = torch.float64 if wide else x.dtype
+    # [X y 0]ᵀ (..., kp, m) in the working dtype, in one copy (cat promotes):
+    # each variable contiguous, the layout in which batched products over the
+    # points are fastest; zero rows pad it to the size the solver's Gram
+    # products run fastest at.
+    pad = padded_rows(d + 1) - (d + 1)
+    parts = [x.mT, y.unsqueeze(-2).to(work)]
+    if pad:
+        parts.append(y.new_zeros(y.shape[:-1] + (pad, y.shape[-1]), dtype=work))
+    aug = torch.cat(parts, dim=-2)  # ours: changed in place below
+    n = n.to(work)
+    rows = None if present is None else present.unsqueeze(-2)
+    if rows is not None:
+        aug.masked_fill_(~rows, 0.0)  # nan or inf at absent points is never read
+    offset = None
     if intercept:
-        # One-pass centring on the first-pass mean; the tiny mean that is
-        # left (``offset``) is removed exactly in the solver's small algebra.
-        first = zero_absent(aug, rows).sum(-1) / n.unsqueeze(-1)
-        aug = zero_absent(aug.sub_(first.unsqueeze(-1)), rows)  # aug is ours: in place
-        offset = aug.sum(-1) / n.unsqueeze(-1)
-        means = first + offset
+        mean = aug.sum(-1) / n.unsqueeze(-1)
+        aug.sub_(mean.unsqueeze(-1))
+        if rows is not None:  # absent points back to 0 (addcmul_ has no vmap rule)
+            aug.masked_fill_(~rows, 0.0)
+        if work != torch.float64:
+            # The first-pass mean is off by about eps·|mean|, not small next to
+            # the spread in float32 with large offsets: the mean that is left
+            # is removed exactly in the solver's small algebra. In float64 it
+            # would change the Gram matrix only in the second order (≈ (eps·
+            # mean/spread)²), and the pass is saved.
+            offset = aug.sum(-1) / n.unsqueeze(-1)
+            mean = mean + offset
     else:
-        aug = zero_absent(aug, rows)
-        offset = None
-        means = torch.zeros_like(aug[..., 0])
-    return (means,) + tuple(solve_centred(aug, offset, n, means[..., :d], data_eps=data_eps))
+        mean = torch.zeros_like(aug[..., 0])
+    data_eps = torch.finfo(x.dtype).eps if wide else None
+    solved = solve_centred(aug, offset, n, mean[..., :d], data_eps=data_eps)
+    return (mean[..., : d + 1],) + tuple(solved)
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:

@@ -50,7 +50,7 @@ import torch
 
 from ._design import noise_floor
 
-__all__ = ["Solution", "solve_centred"]
+__all__ = ["Solution", "solve_centred", "padded_rows"]
 
 
 class Solution(NamedTuple):
@@ -61,13 +61,39 @@ class Solution(NamedTuple):
     full_rank: torch.Tensor  # (...,) bool
 
 
-def _gram(a: torch.Tensor, offset: Optional[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
-    """Gram matrix of the rows of ``a − offset·1ᵀ`` (a is (..., k, m)): ``aaᵀ − n·offset·offsetᵀ``.
+# Gram matrices of k rows of m points, one per dataset, cost a batched matrix
+# product each, and at m = 500 that is most of a fit. MKL's dgemm has a large
+# fixed cost per small matrix: for k <= 16, k row-by-block products (one
+# vector-matrix product per row of the upper triangle) are faster (k = 6: 1.5 µs
+# per dataset against 2.3 µs); beyond, padding the rows with zeros to a
+# multiple of 12 (the width of its double-precision kernel) is (k = 21: 13 µs
+# against 18 µs). Measured on one core (AMD EPYC, MKL 2024.2).
+ROWWISE_MAX = 16
+PAD_TO = 12
 
-    ``offset`` is the tiny row mean left after a one-pass centring, so the
-    rank-one correction is far below the rounding error of ``aaᵀ`` itself.
+
+def padded_rows(k: int) -> int:
+    """Rows to give a (..., k, m) operand of :func:`_gram` (zero rows after the k)."""
+    return k if k <= ROWWISE_MAX else -(-k // PAD_TO) * PAD_TO
+
+
+def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
+    """Gram matrix (..., k, k) of the first k rows of ``a − offset·1ᵀ`` (a is (..., kp, m)).
+
+    Rows ``k:`` of ``a`` are zero padding (:func:`padded_rows`). ``offset`` is
+    the tiny row mean left after a one-pass centring, so the rank-one correction
+    ``n·offset·offsetᵀ`` is far below the rounding error of ``aaᵀ`` itself.
     """
-    gram = a @ a.mT
+    if a.shape[-2] <= ROWWISE_MAX:
+        # Upper triangle row by row, mirrored: exactly symmetric.
+        rows = [
+            torch.nn.functional.pad(a[..., i : i + 1, :] @ a[..., i:k, :].mT, (i, 0))
+            for i in range(k)
+        ]
+        upper = torch.cat(rows, dim=-2)
+        gram = upper + upper.triu(1).mT
+    else:
+        gram = (a @ a.mT)[..., :k, :k]
     if offset is None:
         return gram
     return gram - n[..., None, None] * offset.unsqueeze(-1) * offset.unsqueeze(-2)
@@ -81,9 +107,10 @@ def solve_centred(
     *,
     data_eps: Optional[float] = None,
 ) -> Solution:
-    """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., d+1, m).
+    """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., kp, m).
 
-    The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., d+1)
+    ``aug`` has ``kp = padded_rows(d + 1)`` rows: ``X``'s ``d``, ``b``, then zeros.
+    The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., kp)
     or None for 0): the centring correction is applied in the small (d+1)²
     algebra instead of another pass over the data. Absent rows must be 0.
     ``means`` (..., d) are the column means the centring removed (0 without
@@ -97,13 +124,13 @@ def solve_centred(
     one unshifted Cholesky factorization replaces the two passes of
     CholeskyQR2; rank decisions use ``data_eps``.
     """
-    d, m = aug.shape[-2] - 1, aug.shape[-1]
+    d, kp, m = means.shape[-1], aug.shape[-2], aug.shape[-1]
     eps = torch.finfo(aug.dtype).eps
     one_pass = data_eps is not None and data_eps > eps
     data_eps = eps if data_eps is None else data_eps
     eye = torch.eye(d, dtype=aug.dtype, device=aug.device)
 
-    gram = _gram(aug, offset, n)
+    gram = _gram(aug, d + 1, _first(offset, d + 1), n)
     norms = torch.diagonal(gram[..., :d, :d], dim1=-2, dim2=-1).sqrt()
     live = norms > noise_floor(means, n.unsqueeze(-1), data_eps)
     scale = torch.where(live, 1 / norms, 0.0)
@@ -118,21 +145,22 @@ def solve_centred(
         gamma = t.mT @ gram[..., :d, d:]
         coef = t @ gamma
         # The residuals b − Xβ from the (wide) data themselves.
-        ssr = _residual_ssr(aug, offset, n, coef)
+        ssr = _residual_ssr(aug, _first(offset, d + 1), n, coef)
         cov_factor, scaled_factor, info1 = t, r0_inv.mT, info0
     else:
         # [Q₁ b]ᵀ = diag(T, 1)ᵀ·[X b]ᵀ: one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
-        t_aug = torch.nn.functional.pad(t, (0, 1, 0, 1))
+        # (Zero rows and columns pad it to kp: the product keeps aug's padding.)
+        t_aug = torch.nn.functional.pad(t, (0, kp - d, 0, kp - d))
         t_aug[..., d, d] = 1
         q_aug = t_aug.mT @ aug
         q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_aug).squeeze(-2)
-        gram1 = _gram(q_aug, q_offset, n)
+        gram1 = _gram(q_aug, d + 1, _first(q_offset, d + 1), n)
         l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
         gamma = torch.cholesky_solve(gram1[..., :d, d:], l1)  # Xβ = Q₁γ
         coef = t @ gamma
         # The residuals b − Q₁γ: Q₁ is well conditioned, so this loses no more
         # than b − Xβ would.
-        ssr = _residual_ssr(q_aug, q_offset, n, gamma)
+        ssr = _residual_ssr(q_aug, _first(q_offset, d + 1), n, gamma)
         # (XᵀX)⁻¹ = (T L₁⁻ᵀ)(T L₁⁻ᵀ)ᵀ; on the scaled design, R₀⁻¹ L₁⁻ᵀ.
         cov_factor = torch.linalg.solve_triangular(l1, t.mT, upper=False).mT  # T·L₁⁻ᵀ
         scaled_factor = torch.linalg.solve_triangular(l1, r0_inv.mT, upper=False)
@@ -149,16 +177,20 @@ def solve_centred(
     return Solution(coef.squeeze(-1), ssr, gram[..., d, d], cov_factor, full_rank)
 
 
+def _first(offset: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
+    return None if offset is None else offset[..., :k]
+
+
 def _residual_ssr(
     a: torch.Tensor, offset: Optional[torch.Tensor], n: torch.Tensor, gamma: torch.Tensor
 ) -> torch.Tensor:
-    """``Σ r²`` for ``r = b − Qγ``, ``[Q b]ᵀ = a − offset·1ᵀ``, ``gamma`` (..., d, 1).
+    """``Σ r²`` for ``r = b − Qγ``, ``[Q b]ᵀ = a[:d+1] − offset·1ᵀ``, ``gamma`` (..., d, 1).
 
     From the residuals themselves: ``‖b‖² − γᵀQᵀb`` would cancel when r² ≈ 1
     and cannot see an exact fit (Wampler1).
     """
     weights = torch.cat([-gamma, torch.ones_like(gamma[..., :1, :])], dim=-2)
-    residual = (weights.mT @ a).squeeze(-2)
+    residual = (weights.mT @ a[..., : weights.shape[-2], :]).squeeze(-2)
     ssr = torch.linalg.vecdot(residual, residual)
     if offset is not None:
         mean_residual = (offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
