@@ -125,74 +125,73 @@ def solve_centred(
     CholeskyQR2; rank decisions use ``data_eps``.
     """
     d, kp, m = means.shape[-1], aug.shape[-2], aug.shape[-1]
+    k = d + 1
     eps = torch.finfo(aug.dtype).eps
     one_pass = data_eps is not None and data_eps > eps
     data_eps = eps if data_eps is None else data_eps
-    eye = torch.eye(d, dtype=aug.dtype, device=aug.device)
 
-    gram = _gram(aug, d + 1, _first(offset, d + 1), n)
-    norms = torch.diagonal(gram[..., :d, :d], dim1=-2, dim2=-1).sqrt()
-    live = norms > noise_floor(means, n.unsqueeze(-1), data_eps)
-    scale = torch.where(live, 1 / norms, 0.0)
-    gram_scaled = scale.unsqueeze(-1) * gram[..., :d, :d] * scale.unsqueeze(-2)
-    shift = 0.0 if one_pass else 11 * (m * d + d * (d + 1)) * eps * d
-    r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
-    r0_inv = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
-    t = scale.unsqueeze(-1) * r0_inv  # S·R₀⁻¹
+    gram = _gram(aug, k, _first(offset, k), n)
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()  # (..., k): X's columns, then b
+    live = norms[..., :d] > noise_floor(means, n.unsqueeze(-1), data_eps)
+    scale = torch.where(torch.cat([live, norms[..., d:] > 0], dim=-1), 1 / norms, 1.0)
+    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), scale, 0.0)
+    gram_scaled = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)
 
     if one_pass:
-        # Q₁ = X·T is orthonormal to working precision: Q₁ᵀb = Tᵀ·Xᵀb.
-        gamma = t.mT @ gram[..., :d, d:]
-        coef = t @ gamma
-        # The residuals b − Xβ from the (wide) data themselves.
-        ssr = _residual_ssr(aug, _first(offset, d + 1), n, coef)
-        cov_factor, scaled_factor, info1 = t, r0_inv.mT, info0
+        # Q₁ = X·T is orthonormal to working precision: Q₁ᵀb = Tᵀ·Xᵀb, and
+        # ‖b‖² − ‖Q₁ᵀb‖² is the Schur complement a Cholesky factorization of
+        # the augmented Gram matrix would leave: accurate to eps/(1 − r²)
+        # relative, far beyond the data's precision.
+        eye = torch.eye(d, dtype=aug.dtype, device=aug.device)
+        r0, info = torch.linalg.cholesky_ex(gram_scaled[..., :d, :d], upper=True)
+        r0_inv = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+        cov_factor = scale[..., :d].unsqueeze(-1) * r0_inv  # T = S·R₀⁻¹
+        gamma = cov_factor.mT @ gram[..., :d, d:]
+        coef = cov_factor @ gamma
+        ssr = gram[..., d, d] - gamma.square().sum((-2, -1))
+        scaled_factor = r0_inv
     else:
-        # [Q₁ b]ᵀ = diag(T, 1)ᵀ·[X b]ᵀ: one more pass gives Q₁ᵀQ₁ and Q₁ᵀb.
-        # (Zero rows and columns pad it to kp: the product keeps aug's padding.)
-        t_aug = torch.nn.functional.pad(t, (0, kp - d, 0, kp - d))
-        t_aug[..., d, d] = 1
-        q_aug = t_aug.mT @ aug
-        q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_aug).squeeze(-2)
-        gram1 = _gram(q_aug, d + 1, _first(q_offset, d + 1), n)
+        # CholeskyQR2 of the augmented [X b]: R's last column gives the
+        # coefficients and R_bb = ‖b − Xβ‖, to eps·‖b‖ absolute (a residual
+        # pass would do no better; ‖b‖² − γᵀγ would only reach √eps·‖b‖ and
+        # cannot see an exact fit such as Wampler1).
+        eye = torch.eye(k, dtype=aug.dtype, device=aug.device)
+        shift = 11 * (m * k + k * (k + 1)) * eps * k
+        r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
+        t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+        # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zero rows like aug: one more pass over the data.
+        t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
+        q_aug = t_pad.mT @ aug
+        q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_pad).squeeze(-2)
+        gram1 = _gram(q_aug, k, _first(q_offset, k), n)
+        # R₁ = chol(Q₁ᵀQ₁), X's block by Cholesky, b's column by hand: with an
+        # exact fit its pivot is 0 up to rounding and must not fail the dataset.
         l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
-        gamma = torch.cholesky_solve(gram1[..., :d, d:], l1)  # Xβ = Q₁γ
-        coef = t @ gamma
-        # The residuals b − Q₁γ: Q₁ is well conditioned, so this loses no more
-        # than b − Xβ would.
-        ssr = _residual_ssr(q_aug, _first(q_offset, d + 1), n, gamma)
-        # (XᵀX)⁻¹ = (T L₁⁻ᵀ)(T L₁⁻ᵀ)ᵀ; on the scaled design, R₀⁻¹ L₁⁻ᵀ.
-        cov_factor = torch.linalg.solve_triangular(l1, t.mT, upper=False).mT  # T·L₁⁻ᵀ
-        scaled_factor = torch.linalg.solve_triangular(l1, r0_inv.mT, upper=False)
+        r1_xb = torch.linalg.solve_triangular(l1, gram1[..., :d, d:], upper=False)
+        r1_bb = (gram1[..., d:, d:] - r1_xb.mT @ r1_xb).clamp(min=0).sqrt()
+        r1 = torch.cat([torch.cat([l1.mT, r1_xb], -1),
+                        torch.cat([torch.zeros_like(r1_xb.mT), r1_bb], -1)], -2)
+        # [X b]·diag(scale) = Q·P with P = R₁R₀ (upper triangular).
+        p = r1 @ r0
+        p_inv = torch.linalg.solve_triangular(p[..., :d, :d], eye[:d, :d].expand_as(l1), upper=True)
+        scaled_factor = p_inv
+        cov_factor = scale[..., :d].unsqueeze(-1) * p_inv  # R⁻¹ of X itself
+        # X β = b ⇔ (P_xx S⁻¹)β = P_xb / s_b.
+        coef = cov_factor @ p[..., :d, d:] / scale[..., d:].unsqueeze(-1)
+        ssr = (p[..., d, d] / scale[..., d]).square()
+        info = info0 | info1
 
     sigma_min_bound = 1 / torch.linalg.matrix_norm(scaled_factor)
     # Two noise sources bound what can be told from 0: the algorithm's own
     # rounding, eps·max(n, d)·√d (numpy's matrix_rank rule with ‖A‖_F = √d),
     # and the data's: entries known to eps relative leave, after centring and
     # scaling, a perturbation of Frobenius norm eps·√(Σ_j 1 + (x̄_j/rms_j)²).
-    offset_ratio = torch.where(live, means.abs() * n.unsqueeze(-1).sqrt() * scale, 0.0)
+    offset_ratio = torch.where(live, means.abs() * n.unsqueeze(-1).sqrt() * scale[..., :d], 0.0)
     data_noise = (1 + offset_ratio.square()).sum(-1).sqrt()
     tol = data_eps * (torch.clamp(n, min=d) * d**0.5 + 10 * data_noise)
-    full_rank = (info0 == 0) & (info1 == 0) & live.all(-1) & (sigma_min_bound > tol)
-    return Solution(coef.squeeze(-1), ssr, gram[..., d, d], cov_factor, full_rank)
+    full_rank = (info == 0) & live.all(-1) & (sigma_min_bound > tol)
+    return Solution(coef.squeeze(-1), ssr.clamp(min=0), gram[..., d, d], cov_factor, full_rank)
 
 
 def _first(offset: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
     return None if offset is None else offset[..., :k]
-
-
-def _residual_ssr(
-    a: torch.Tensor, offset: Optional[torch.Tensor], n: torch.Tensor, gamma: torch.Tensor
-) -> torch.Tensor:
-    """``Σ r²`` for ``r = b − Qγ``, ``[Q b]ᵀ = a[:d+1] − offset·1ᵀ``, ``gamma`` (..., d, 1).
-
-    From the residuals themselves: ``‖b‖² − γᵀQᵀb`` would cancel when r² ≈ 1
-    and cannot see an exact fit (Wampler1).
-    """
-    weights = torch.cat([-gamma, torch.ones_like(gamma[..., :1, :])], dim=-2)
-    residual = (weights.mT @ a[..., : weights.shape[-2], :]).squeeze(-2)
-    ssr = torch.linalg.vecdot(residual, residual)
-    if offset is not None:
-        mean_residual = (offset.unsqueeze(-2) @ weights).squeeze(-1).squeeze(-1)
-        ssr = ssr - n * mean_residual * mean_residual
-    return ssr.clamp(min=0)  # an exact fit may round to -0.0…1e-30
