@@ -176,7 +176,7 @@ def _multiple_block(y, x, present, n, intercept: bool):
     # each variable contiguous, the layout in which batched products over the
     # points are fastest; zero rows pad it to the size the solver's Gram
     # products run fastest at.
-    pad = padded_rows(d + 1) - (d + 1)
+    pad = padded_rows(d + 1, x.device) - (d + 1)
     parts = [x.mT, y.unsqueeze(-2).to(work)]
     if pad:
         parts.append(y.new_zeros(y.shape[:-1] + (pad, y.shape[-1]), dtype=work))

@@ -3,30 +3,35 @@ r"""Batched least squares with QR-class accuracy from Gram matrices.
 Plain normal equations square the condition number (``κ²·eps``: about 7 digits
 on Longley, nothing on Filip). This solver works on Gram matrices of the whole
 batch (``bmm``, no per-matrix loop, vmap-able) and still reaches the accuracy
-of a QR factorization:
+of a QR factorization, by CholeskyQR2 of the augmented matrix ``[X b]``:
 
-1. Scale the centred columns to unit norm: ``A = X·S``.
+1. Scale the centred columns of ``[X b]`` to unit norm: ``A = [X b]·S``.
 2. Shifted Cholesky ``R₀ᵀR₀ = AᵀA + s·I`` with the shift
-   ``s = 11(md + d(d+1))·eps·d`` of shifted CholeskyQR (Fukaya et al. 2020), so
-   the factorization exists even when ``κ(A)`` is near ``1/eps``.
-3. ``Q₁ = X·T`` with ``T = S·R₀⁻¹`` is far better conditioned than ``A``; its
-   Gram matrix ``G₁ = Q₁ᵀQ₁`` is formed from the data again, not from ``AᵀA``,
-   and ``L₁L₁ᵀ = G₁``. This is the second pass of CholeskyQR2:
-   ``X = Q·R`` with ``R = L₁ᵀR₀S⁻¹``.
-4. ``β = T·γ`` with ``γ = G₁⁻¹·Q₁ᵀb``, and the sum of squares from the
-   residual ``b − Q₁γ`` itself (``‖b‖² − γᵀQ₁ᵀb`` would cancel when ``r² ≈ 1``
-   and cannot see an exact fit such as Wampler1).
+   ``s = 11(mk + k(k+1))·eps·k`` (``k = d + 1``) of shifted CholeskyQR
+   (Fukaya et al. 2020), so the factorization exists even when ``κ(A)`` is
+   near ``1/eps`` (or ``b`` lies in the span of ``X``: an exact fit).
+3. ``Q₁ = [X b]·T`` with ``T = S·R₀⁻¹`` is far better conditioned than ``A``;
+   its Gram matrix ``G₁ = Q₁ᵀQ₁`` is formed from the data again, not from
+   ``AᵀA``, and ``R₁ᵀR₁ = G₁``. This is the second pass of CholeskyQR2:
+   ``[X b] = Q·R`` with ``R = R₁R₀S⁻¹``.
+4. ``R = [[R_xx, r_xb], [0, ρ]]`` holds the whole solution: ``R_xx·β = r_xb``
+   and ``SSR = ρ²``, with ``ρ`` accurate to ``eps·‖b‖`` *absolute*, as from a
+   Householder QR of ``[X b]``: exact fits (Wampler1) keep their zero, with no
+   pass over the residuals. (``‖b‖² − ‖Q₁ᵀb‖²`` would only reach
+   ``√eps·‖b‖``.) ``b``'s pivot in ``R₁`` is formed by hand and clamped at 0,
+   so that an exact fit never fails the factorization.
 
-The response rides along as the last row of ``[X b]ᵀ`` (..., d+1, m), so three
-``bmm`` calls over the data give ``XᵀX``, ``Xᵀb``, ``bᵀb``, ``Q₁ᵀQ₁``, ``Q₁ᵀb``,
-and a fourth the residuals. Iterative refinement on top
-(``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was tried and left out: with a
-working-precision residual it changed no NIST LRE by more than its own noise.
+The response rides along as the last row of ``[X b]ᵀ`` (..., k, m), so the two
+passes over the data are two ``bmm`` Gram products and one ``bmm`` forming
+``Q₁``. Iterative refinement on top (``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was
+tried and left out: with a working-precision residual it changed no NIST LRE
+by more than its own noise.
 
 float32 data on the CPU are solved in float64 instead (:mod:`lossfn.fit._ols`),
 where the Gram matrix is exact far beyond the data's precision: one unshifted
-Cholesky factorization then gives float32-QR accuracy or better, in one pass
-over the data plus the residual pass.
+Cholesky factorization of ``XᵀX`` then gives float32-QR accuracy or better in
+one pass over the data, and ``SSR = ‖b‖² − ‖R₀⁻ᵀXᵀb‖²`` (relative error
+``eps64/(1 − r²)``) is far below the data's resolution.
 
 Rank deficiency is decided on the scaled design: the smallest singular value of
 ``A`` is bounded below by ``1/‖R⁻¹‖_F`` (``R = L₁ᵀR₀``), and a design whose bound
@@ -62,7 +67,7 @@ class Solution(NamedTuple):
 
 
 # Gram matrices of k rows of m points, one per dataset, cost a batched matrix
-# product each, and at m = 500 that is most of a fit. MKL's dgemm has a large
+# product each, and at m = 500 that is most of a fit. On the CPU, MKL's dgemm has a large
 # fixed cost per small matrix: for k <= 16, k row-by-block products (one
 # vector-matrix product per row of the upper triangle) are faster (k = 6: 1.5 µs
 # per dataset against 2.3 µs); beyond, padding the rows with zeros to a
@@ -72,9 +77,11 @@ ROWWISE_MAX = 16
 PAD_TO = 12
 
 
-def padded_rows(k: int) -> int:
+def padded_rows(k: int, device: torch.device) -> int:
     """Rows to give a (..., k, m) operand of :func:`_gram` (zero rows after the k)."""
-    return k if k <= ROWWISE_MAX else -(-k // PAD_TO) * PAD_TO
+    if device.type != "cpu" or k <= ROWWISE_MAX:
+        return k
+    return -(-k // PAD_TO) * PAD_TO
 
 
 def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
@@ -84,8 +91,9 @@ def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tens
     the tiny row mean left after a one-pass centring, so the rank-one correction
     ``n·offset·offsetᵀ`` is far below the rounding error of ``aaᵀ`` itself.
     """
-    if a.shape[-2] <= ROWWISE_MAX:
-        # Upper triangle row by row, mirrored: exactly symmetric.
+    if a.device.type == "cpu" and a.shape[-2] <= ROWWISE_MAX:
+        # Upper triangle row by row, mirrored: exactly symmetric. (On an
+        # accelerator one product is one kernel launch instead of k.)
         rows = [
             torch.nn.functional.pad(a[..., i : i + 1, :] @ a[..., i:k, :].mT, (i, 0))
             for i in range(k)
