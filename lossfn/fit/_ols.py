@@ -23,7 +23,7 @@ import torch
 
 from .._checks import check_fit_options
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import Solution, padded_rows, solve_centred
+from ._solve import Solution, padded_rows, points_last, solve_centred
 
 __all__ = ["OLSFit", "ols"]
 
@@ -177,18 +177,24 @@ def _multiple_block(y, x, present, n, intercept: bool):
     # points are fastest; zero rows pad it to the size the solver's Gram
     # products run fastest at.
     pad = padded_rows(d + 1, x.device) - (d + 1)
-    parts = [x.mT, y.unsqueeze(-2).to(work)]
+    # points: the dim that runs over the points, -1 in the (..., kp, m) layout.
+    points = -1 if points_last(d + 1, x.device) else -2
+    columns = -3 - points  # the other one of the last two dims
+    parts = [x.mT, y.unsqueeze(-2)] if points == -1 else [x, y.unsqueeze(-1)]
+    parts[1] = parts[1].to(work)
     if pad:
-        parts.append(y.new_zeros(y.shape[:-1] + (pad, y.shape[-1]), dtype=work))
-    aug = torch.cat(parts, dim=-2)  # ours: changed in place below
+        shape = list(parts[1].shape)
+        shape[columns] = pad
+        parts.append(y.new_zeros(shape, dtype=work))
+    aug = torch.cat(parts, dim=columns)  # ours: changed in place below
     n = n.to(work)
-    rows = None if present is None else present.unsqueeze(-2)
+    rows = None if present is None else present.unsqueeze(columns)
     if rows is not None:
         aug.masked_fill_(~rows, 0.0)  # nan or inf at absent points is never read
     offset = None
     if intercept:
-        mean = aug.sum(-1) / n.unsqueeze(-1)
-        aug.sub_(mean.unsqueeze(-1))
+        mean = aug.sum(points) / n.unsqueeze(-1)
+        aug.sub_(mean.unsqueeze(points))
         if rows is not None:  # absent points back to 0 (addcmul_ has no vmap rule)
             aug.masked_fill_(~rows, 0.0)
         if work != torch.float64:
@@ -197,10 +203,10 @@ def _multiple_block(y, x, present, n, intercept: bool):
             # is removed exactly in the solver's small algebra. In float64 it
             # would change the Gram matrix only in the second order (≈ (eps·
             # mean/spread)²), and the pass is saved.
-            offset = aug.sum(-1) / n.unsqueeze(-1)
+            offset = aug.sum(points) / n.unsqueeze(-1)
             mean = mean + offset
     else:
-        mean = torch.zeros_like(aug[..., 0])
+        mean = torch.zeros_like(aug.select(points, 0))
     data_eps = torch.finfo(x.dtype).eps if wide else None
     solved = solve_centred(aug, offset, n, mean[..., :d], data_eps=data_eps)
     return (mean[..., : d + 1],) + tuple(solved)

@@ -77,6 +77,11 @@ ROWWISE_MAX = 16
 PAD_TO = 12
 
 
+def points_last(k: int, device: torch.device) -> bool:
+    """Layout of the data for :func:`solve_centred`: (..., kp, m) if True, else (..., m, kp)."""
+    return device.type != "cpu" or k <= ROWWISE_MAX
+
+
 def padded_rows(k: int, device: torch.device) -> int:
     """Rows to give a (..., k, m) operand of :func:`_gram` (zero rows after the k)."""
     if device.type != "cpu" or k <= ROWWISE_MAX:
@@ -91,7 +96,9 @@ def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tens
     the tiny row mean left after a one-pass centring, so the rank-one correction
     ``n·offset·offsetᵀ`` is far below the rounding error of ``aaᵀ`` itself.
     """
-    if a.device.type == "cpu" and a.shape[-2] <= ROWWISE_MAX:
+    if not points_last(k, a.device):
+        gram = (a.mT @ a)[..., :k, :k]
+    elif a.device.type == "cpu":
         # Upper triangle row by row, mirrored: exactly symmetric. (On an
         # accelerator one product is one kernel launch instead of k.)
         rows = [
@@ -132,7 +139,11 @@ def solve_centred(
     one unshifted Cholesky factorization replaces the two passes of
     CholeskyQR2; rank decisions use ``data_eps``.
     """
-    d, kp, m = means.shape[-1], aug.shape[-2], aug.shape[-1]
+    d = means.shape[-1]
+    kp, m = aug.shape[-2:]
+    rows_first = points_last(d + 1, aug.device)
+    if not rows_first:
+        m, kp = kp, m
     k = d + 1
     eps = torch.finfo(aug.dtype).eps
     one_pass = data_eps is not None and data_eps > eps
@@ -169,7 +180,7 @@ def solve_centred(
         t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
         # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zero rows like aug: one more pass over the data.
         t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
-        q_aug = t_pad.mT @ aug
+        q_aug = t_pad.mT @ aug if rows_first else aug @ t_pad
         q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_pad).squeeze(-2)
         gram1 = _gram(q_aug, k, _first(q_offset, k), n)
         # R₁ = chol(Q₁ᵀQ₁), X's block by Cholesky, b's column by hand: with an
