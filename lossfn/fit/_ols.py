@@ -172,13 +172,11 @@ def _multiple_block(y, x, present, n, intercept: bool):
     # On accelerators float64 can be far slower than float32: kept there.
     wide = x.dtype == torch.float32 and x.device.type == "cpu"
     work = torch.float64 if wide else x.dtype
-    # [X y 0]ᵀ (..., kp, m) in the working dtype, in one copy (cat promotes):
-    # each variable contiguous, the layout in which batched products over the
-    # points are fastest; zero rows pad it to the size the solver's Gram
-    # products run fastest at.
+    # [X y 0]ᵀ (..., kp, m) or [X y 0] (..., m, kp), whichever the solver's
+    # products run fastest on (lossfn.fit._solve), in the working dtype and in
+    # one copy (cat promotes); zeros pad it to the size they like best.
     pad = padded_rows(d + 1, x.device) - (d + 1)
-    # points: the dim that runs over the points, -1 in the (..., kp, m) layout.
-    points = -1 if points_last(d + 1, x.device) else -2
+    points = -1 if points_last(d + 1, x.device) else -2  # the dim over the points
     columns = -3 - points  # the other one of the last two dims
     parts = [x.mT, y.unsqueeze(-2)] if points == -1 else [x, y.unsqueeze(-1)]
     parts[1] = parts[1].to(work)

@@ -33,9 +33,10 @@ Cholesky factorization of ``XᵀX`` then gives float32-QR accuracy or better in
 one pass over the data, and ``SSR = ‖b‖² − ‖R₀⁻ᵀXᵀb‖²`` (relative error
 ``eps64/(1 − r²)``) is far below the data's resolution.
 
-Rank deficiency is decided on the scaled design: the smallest singular value of
-``A`` is bounded below by ``1/‖R⁻¹‖_F`` (``R = L₁ᵀR₀``), and a design whose bound
-falls under ``eps·(max(n, d)·√d + 10·√(Σ_j 1 + (x̄_j/rms_j)²))`` (numpy's
+Rank deficiency is decided on the scaled design ``X·S``: its smallest singular
+value is bounded below by ``1/‖P⁻¹‖_F`` (``P`` the block of ``X`` in ``R₁R₀``,
+or ``R₀`` in one pass), and a design whose bound falls under
+``eps·(max(n, d)·√d + 10·√(Σ_j 1 + (x̄_j/rms_j)²))`` (numpy's
 ``matrix_rank`` rule plus the rounding noise that column offsets leave after
 centring), or whose Cholesky factorizations break down, is reported as rank
 deficient: never truncated silently.
@@ -55,7 +56,7 @@ import torch
 
 from ._design import noise_floor
 
-__all__ = ["Solution", "solve_centred", "padded_rows"]
+__all__ = ["Solution", "solve_centred", "padded_rows", "points_last"]
 
 
 class Solution(NamedTuple):
@@ -66,13 +67,17 @@ class Solution(NamedTuple):
     full_rank: torch.Tensor  # (...,) bool
 
 
-# Gram matrices of k rows of m points, one per dataset, cost a batched matrix
-# product each, and at m = 500 that is most of a fit. On the CPU, MKL's dgemm has a large
-# fixed cost per small matrix: for k <= 16, k row-by-block products (one
-# vector-matrix product per row of the upper triangle) are faster (k = 6: 1.5 µs
-# per dataset against 2.3 µs); beyond, padding the rows with zeros to a
-# multiple of 12 (the width of its double-precision kernel) is (k = 21: 13 µs
-# against 18 µs). Measured on one core (AMD EPYC, MKL 2024.2).
+# The Gram products over the data are most of a fit (k = d + 1 variables, m
+# points, one small matrix per dataset), and on the CPU MKL's dgemm has a large
+# fixed cost per small matrix. For k <= 16 the data are laid out (..., k, m)
+# and the Gram matrix is formed row by row (one vector-matrix product per row
+# of the upper triangle: k = 6, 1.5 µs per dataset against 2.3 µs for one
+# product). Beyond, they are laid out (..., m, kp), as the caller's x already
+# is (a transposing copy costs as much as a Gram product there), with zero
+# columns padding k to a multiple of 12, the width of MKL's double-precision
+# kernel (k = 21: 12-13 µs against 18-20 µs). Measured on one core (AMD EPYC,
+# MKL 2024.2); on accelerators one product is one kernel launch, and neither
+# trick is used.
 ROWWISE_MAX = 16
 PAD_TO = 12
 
@@ -83,24 +88,24 @@ def points_last(k: int, device: torch.device) -> bool:
 
 
 def padded_rows(k: int, device: torch.device) -> int:
-    """Rows to give a (..., k, m) operand of :func:`_gram` (zero rows after the k)."""
-    if device.type != "cpu" or k <= ROWWISE_MAX:
+    """``kp``: k variables plus the zero padding that the fastest Gram product wants."""
+    if points_last(k, device):
         return k
     return -(-k // PAD_TO) * PAD_TO
 
 
 def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
-    """Gram matrix (..., k, k) of the first k rows of ``a − offset·1ᵀ`` (a is (..., kp, m)).
+    """Gram matrix (..., k, k) of the first k variables of ``a − offset·1ᵀ``.
 
-    Rows ``k:`` of ``a`` are zero padding (:func:`padded_rows`). ``offset`` is
-    the tiny row mean left after a one-pass centring, so the rank-one correction
+    ``a`` is (..., kp, m), or (..., m, kp) where :func:`points_last` says so;
+    variables ``k:`` are zero padding (:func:`padded_rows`). ``offset`` is the
+    tiny mean left after a one-pass centring, so the rank-one correction
     ``n·offset·offsetᵀ`` is far below the rounding error of ``aaᵀ`` itself.
     """
     if not points_last(k, a.device):
         gram = (a.mT @ a)[..., :k, :k]
     elif a.device.type == "cpu":
-        # Upper triangle row by row, mirrored: exactly symmetric. (On an
-        # accelerator one product is one kernel launch instead of k.)
+        # Upper triangle row by row, mirrored: exactly symmetric.
         rows = [
             torch.nn.functional.pad(a[..., i : i + 1, :] @ a[..., i:k, :].mT, (i, 0))
             for i in range(k)
@@ -124,8 +129,9 @@ def solve_centred(
 ) -> Solution:
     """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., kp, m).
 
-    ``aug`` has ``kp = padded_rows(d + 1)`` rows: ``X``'s ``d``, ``b``, then zeros.
-    The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., kp)
+    ``aug`` holds ``kp = padded_rows(d + 1)`` variables: ``X``'s ``d``, ``b``,
+    then zeros; laid out (..., kp, m), or (..., m, kp) (``[X b 0]`` itself)
+    where :func:`points_last` says so. The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., kp)
     or None for 0): the centring correction is applied in the small (d+1)²
     algebra instead of another pass over the data. Absent rows must be 0.
     ``means`` (..., d) are the column means the centring removed (0 without
@@ -152,8 +158,10 @@ def solve_centred(
     gram = _gram(aug, k, _first(offset, k), n)
     norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()  # (..., k): X's columns, then b
     live = norms[..., :d] > noise_floor(means, n.unsqueeze(-1), data_eps)
-    scale = torch.where(torch.cat([live, norms[..., d:] > 0], dim=-1), 1 / norms, 1.0)
-    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), scale, 0.0)
+    # A column at rounding-noise level gets scale 0 (and the dataset is rank
+    # deficient); b of norm 0 (a constant response) keeps scale 1.
+    inverse = 1 / torch.where(norms > 0, norms, 1.0)
+    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), inverse, 0.0)
     gram_scaled = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)
 
     if one_pass:
