@@ -103,7 +103,15 @@ def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tens
     ``n·offset·offsetᵀ`` is far below the rounding error of ``aaᵀ`` itself.
     """
     if not points_last(k, a.device):
-        gram = (a.mT @ a)[..., :k, :k]
+        # Panels of PAD_TO rows of the upper block triangle: 3/4 of the full
+        # product's work at kp = 24, and ~20% faster.
+        kp = a.shape[-1]
+        panels = [
+            torch.nn.functional.pad(a[..., i : i + PAD_TO].mT @ a[..., i:], (i, 0))
+            for i in range(0, kp, PAD_TO)
+        ]
+        upper = torch.cat(panels, dim=-2)[..., :k, :k]
+        gram = upper.triu() + upper.triu(1).mT
     elif a.device.type == "cpu":
         # Upper triangle row by row, mirrored: exactly symmetric.
         rows = [
@@ -188,7 +196,7 @@ def solve_centred(
         t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
         # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zero rows like aug: one more pass over the data.
         t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
-        q_aug = t_pad.mT @ aug if rows_first else aug @ t_pad
+        q_aug = t_pad.mT @ aug if rows_first else _times_upper(aug, t_pad)
         q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_pad).squeeze(-2)
         gram1 = _gram(q_aug, k, _first(q_offset, k), n)
         # R₁ = chol(Q₁ᵀQ₁), X's block by Cholesky, b's column by hand: with an
@@ -218,6 +226,14 @@ def solve_centred(
     tol = data_eps * (torch.clamp(n, min=d) * d**0.5 + 10 * data_noise)
     full_rank = (info == 0) & live.all(-1) & (sigma_min_bound > tol)
     return Solution(coef.squeeze(-1), ssr.clamp(min=0), gram[..., d, d], cov_factor, full_rank)
+
+
+def _times_upper(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``a @ t`` for an upper triangular ``t`` (..., kp, kp), kp a multiple of PAD_TO:
+    column panels that skip ``t``'s zero blocks (~20% faster at kp = 24)."""
+    kp = t.shape[-1]
+    panels = [a[..., : i + PAD_TO] @ t[..., : i + PAD_TO, i : i + PAD_TO] for i in range(0, kp, PAD_TO)]
+    return torch.cat(panels, dim=-1)
 
 
 def _first(offset: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
