@@ -23,7 +23,7 @@ import torch
 
 from .._checks import check_fit_options
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import Solution, padded_rows, points_last, solve_centred
+from ._solve import centred_grams, padded_rows, points_last, solve_grams
 
 __all__ = ["OLSFit", "ols"]
 
@@ -164,14 +164,19 @@ def _simple_origin(data: Data) -> OLSFit:
     )
 
 
+def _precision(x: torch.Tensor):
+    """``(working dtype, data_eps)``. float32 on the CPU: one Gram pass in float64
+    (measured 1.3-1.5x faster than the two float32 passes of CholeskyQR2, and at
+    least as accurate). On accelerators float64 can be far slower: kept there."""
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        return torch.float64, torch.finfo(x.dtype).eps
+    return x.dtype, None
+
+
 def _multiple_block(y, x, present, n, intercept: bool):
-    """Centre one block of datasets and solve it: per-dataset results only."""
+    """Centre one block of datasets and pass over its data: (means, *Gram matrices)."""
     d = x.shape[-1]
-    # float32 on the CPU: one Gram pass in float64 (measured 1.3-1.5x faster
-    # than the two float32 passes of CholeskyQR2, and at least as accurate).
-    # On accelerators float64 can be far slower than float32: kept there.
-    wide = x.dtype == torch.float32 and x.device.type == "cpu"
-    work = torch.float64 if wide else x.dtype
+    work, data_eps = _precision(x)
     # [X y 0]ᵀ (..., kp, m) or [X y 0] (..., m, kp), whichever the solver's
     # products run fastest on (lossfn.fit._solve), in the working dtype and in
     # one copy (cat promotes); zeros pad it to the size they like best.
@@ -205,21 +210,22 @@ def _multiple_block(y, x, present, n, intercept: bool):
             mean = mean + offset
     else:
         mean = torch.zeros_like(aug.select(points, 0))
-    data_eps = torch.finfo(x.dtype).eps if wide else None
-    solved = solve_centred(aug, offset, n, mean[..., :d], data_eps=data_eps)
-    return (mean[..., : d + 1],) + tuple(solved)
+    grams = centred_grams(aug, offset, n, mean[..., :d], data_eps=data_eps)
+    return (mean[..., : d + 1],) + grams
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
     d = data.x.shape[-1]
     # Blocks of datasets keep the centred copy in cache for the passes that
-    # follow, and spare the page faults of allocating it whole.
-    means, *solved = in_blocks(
+    # follow, and spare the page faults of allocating it whole; the small
+    # algebra after them runs once, on the whole batch.
+    means, *grams = in_blocks(
         lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
         data.y, data.x, data.present, n,
     )
-    sol = Solution(*solved)  # float64 for float32 data on the CPU: cast at the end
+    # float64 for float32 data on the CPU: cast at the end
+    sol = solve_grams(tuple(grams), n, means[..., :d], data_eps=_precision(data.x)[1])
     n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)

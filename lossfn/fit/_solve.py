@@ -50,13 +50,13 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from ._design import noise_floor
 
-__all__ = ["Solution", "solve_centred", "padded_rows", "points_last"]
+__all__ = ["Solution", "centred_grams", "solve_grams", "padded_rows", "points_last"]
 
 
 class Solution(NamedTuple):
@@ -127,24 +127,46 @@ def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tens
     return gram - n[..., None, None] * offset.unsqueeze(-1) * offset.unsqueeze(-2)
 
 
-def solve_centred(
+def _scales(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, data_eps: float):
+    """``(live, scale)``: which of X's columns carry more than rounding noise, and
+    the scales ``S`` (..., k) that give the columns of ``[X b]`` unit norm.
+
+    A column at rounding-noise level gets scale 0 (and the dataset is rank
+    deficient); ``b`` of norm 0 (a constant response) keeps scale 1.
+    """
+    d = means.shape[-1]
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()  # (..., k): X's columns, then b
+    live = norms[..., :d] > noise_floor(means, n.unsqueeze(-1), data_eps)
+    inverse = 1 / torch.where(norms > 0, norms, 1.0)
+    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), inverse, 0.0)
+    return live, scale
+
+
+def _precision(dtype: torch.dtype, data_eps: Optional[float]) -> Tuple[float, bool]:
+    """``(data_eps, one_pass)``: one pass when the data are held wider than given."""
+    eps = torch.finfo(dtype).eps
+    return (eps, False) if data_eps is None else (data_eps, data_eps > eps)
+
+
+def centred_grams(
     aug: torch.Tensor,
     offset: Optional[torch.Tensor],
     n: torch.Tensor,
     means: torch.Tensor,
     *,
     data_eps: Optional[float] = None,
-) -> Solution:
-    """Least squares ``min ‖b − Xβ‖`` for the augmented data ``aug = [X b]ᵀ`` (..., kp, m).
+) -> Tuple[torch.Tensor, ...]:
+    """The passes over the data of least squares ``min ‖b − Xβ‖``, ``aug = [X b]ᵀ``.
 
     ``aug`` holds ``kp = padded_rows(d + 1)`` variables: ``X``'s ``d``, ``b``,
     then zeros; laid out (..., kp, m), or (..., m, kp) (``[X b 0]`` itself)
-    where :func:`points_last` says so. The data the problem is posed on are ``aug − offset·1ᵀ`` (``offset`` (..., kp)
-    or None for 0): the centring correction is applied in the small (d+1)²
-    algebra instead of another pass over the data. Absent rows must be 0.
-    ``means`` (..., d) are the column means the centring removed (0 without
-    an intercept): they set the rounding noise of each centred column. Columns
-    at that noise level count as zero, which makes the design rank deficient.
+    where :func:`points_last` says so. The data the problem is posed on are
+    ``aug − offset·1ᵀ`` (``offset`` (..., kp) or None for 0): the centring
+    correction is applied in the small k² algebra instead of another pass
+    over the data. Absent points must be 0. ``means`` (..., d) are the column
+    means the centring removed (0 without an intercept): they set the rounding
+    noise of each centred column. Columns at that noise level count as zero,
+    which makes the design rank deficient.
 
     ``data_eps`` is the precision the data were given in, when ``aug`` holds
     them in a wider dtype (float32 data in float64). The Gram matrix is then
@@ -152,53 +174,67 @@ def solve_centred(
     ``κ < eps32/eps64``, and float32 cannot resolve a larger ``κ`` anyway), so
     one unshifted Cholesky factorization replaces the two passes of
     CholeskyQR2; rank decisions use ``data_eps``.
+
+    Returns the per-dataset input of :func:`solve_grams`: ``(G,)`` after one
+    pass, ``(G, R₀, G₁, info₀)`` after two (``G`` the Gram matrix of the centred
+    ``[X b]``, ``R₀`` the shifted Cholesky factor of its scaled form, ``G₁``
+    that of ``Q₁``). Everything after them is small algebra, done once for a
+    whole batch by :func:`solve_grams`.
     """
     d = means.shape[-1]
-    kp, m = aug.shape[-2:]
-    rows_first = points_last(d + 1, aug.device)
-    if not rows_first:
-        m, kp = kp, m
     k = d + 1
+    rows_first = points_last(k, aug.device)
+    kp, m = aug.shape[-2:] if rows_first else aug.shape[-1:-3:-1]
     eps = torch.finfo(aug.dtype).eps
-    one_pass = data_eps is not None and data_eps > eps
-    data_eps = eps if data_eps is None else data_eps
-
+    data_eps, one_pass = _precision(aug.dtype, data_eps)
     gram = _gram(aug, k, _first(offset, k), n)
-    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()  # (..., k): X's columns, then b
-    live = norms[..., :d] > noise_floor(means, n.unsqueeze(-1), data_eps)
-    # A column at rounding-noise level gets scale 0 (and the dataset is rank
-    # deficient); b of norm 0 (a constant response) keeps scale 1.
-    inverse = 1 / torch.where(norms > 0, norms, 1.0)
-    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), inverse, 0.0)
+    if one_pass:
+        return (gram,)
+    # CholeskyQR2 of the augmented [X b]: R's last column gives the
+    # coefficients and R_bb = ‖b − Xβ‖ (see solve_grams).
+    _, scale = _scales(gram, means, n, data_eps)
     gram_scaled = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)
+    eye = torch.eye(k, dtype=aug.dtype, device=aug.device)
+    shift = 11 * (m * k + k * (k + 1)) * eps * k
+    r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
+    t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+    # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zeros like aug: one more pass over the data.
+    t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
+    q_aug = t_pad.mT @ aug if rows_first else _times_upper(aug, t_pad)
+    q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_pad).squeeze(-2)
+    gram1 = _gram(q_aug, k, _first(q_offset, k), n)
+    return gram, r0, gram1, info0
 
+
+def solve_grams(
+    grams: Tuple[torch.Tensor, ...],
+    n: torch.Tensor,
+    means: torch.Tensor,
+    *,
+    data_eps: Optional[float] = None,
+) -> Solution:
+    """Finish least squares from :func:`centred_grams`' output (same ``means``,
+    ``data_eps``), for a whole batch at once: only (d+1)² algebra per dataset."""
+    gram = grams[0]
+    d = means.shape[-1]
+    n = n.to(gram.dtype)
+    data_eps, one_pass = _precision(gram.dtype, data_eps)
+    live, scale = _scales(gram, means, n, data_eps)
+    eye = torch.eye(d, dtype=gram.dtype, device=gram.device).expand(gram.shape[:-2] + (d, d))
     if one_pass:
         # Q₁ = X·T is orthonormal to working precision: Q₁ᵀb = Tᵀ·Xᵀb, and
         # ‖b‖² − ‖Q₁ᵀb‖² is the Schur complement a Cholesky factorization of
         # the augmented Gram matrix would leave: accurate to eps/(1 − r²)
         # relative, far beyond the data's precision.
-        eye = torch.eye(d, dtype=aug.dtype, device=aug.device)
-        r0, info = torch.linalg.cholesky_ex(gram_scaled[..., :d, :d], upper=True)
-        r0_inv = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
-        cov_factor = scale[..., :d].unsqueeze(-1) * r0_inv  # T = S·R₀⁻¹
+        gram_scaled = scale[..., :d, None] * gram[..., :d, :d] * scale[..., None, :d]
+        r0, info = torch.linalg.cholesky_ex(gram_scaled, upper=True)
+        scaled_factor = torch.linalg.solve_triangular(r0, eye, upper=True)
+        cov_factor = scale[..., :d].unsqueeze(-1) * scaled_factor  # T = S·R₀⁻¹
         gamma = cov_factor.mT @ gram[..., :d, d:]
         coef = cov_factor @ gamma
         ssr = gram[..., d, d] - gamma.square().sum((-2, -1))
-        scaled_factor = r0_inv
     else:
-        # CholeskyQR2 of the augmented [X b]: R's last column gives the
-        # coefficients and R_bb = ‖b − Xβ‖, to eps·‖b‖ absolute (a residual
-        # pass would do no better; ‖b‖² − γᵀγ would only reach √eps·‖b‖ and
-        # cannot see an exact fit such as Wampler1).
-        eye = torch.eye(k, dtype=aug.dtype, device=aug.device)
-        shift = 11 * (m * k + k * (k + 1)) * eps * k
-        r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
-        t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
-        # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zero rows like aug: one more pass over the data.
-        t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
-        q_aug = t_pad.mT @ aug if rows_first else _times_upper(aug, t_pad)
-        q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_pad).squeeze(-2)
-        gram1 = _gram(q_aug, k, _first(q_offset, k), n)
+        _, r0, gram1, info0 = grams
         # R₁ = chol(Q₁ᵀQ₁), X's block by Cholesky, b's column by hand: with an
         # exact fit its pivot is 0 up to rounding and must not fail the dataset.
         l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
@@ -206,11 +242,12 @@ def solve_centred(
         r1_bb = (gram1[..., d:, d:] - r1_xb.mT @ r1_xb).clamp(min=0).sqrt()
         r1 = torch.cat([torch.cat([l1.mT, r1_xb], -1),
                         torch.cat([torch.zeros_like(r1_xb.mT), r1_bb], -1)], -2)
-        # [X b]·diag(scale) = Q·P with P = R₁R₀ (upper triangular).
+        # [X b]·diag(scale) = Q·P with P = R₁R₀ (upper triangular): R_bb = ‖b − Xβ‖
+        # to eps·‖b‖ absolute (a residual pass would do no better; ‖b‖² − γᵀγ
+        # would only reach √eps·‖b‖ and cannot see an exact fit such as Wampler1).
         p = r1 @ r0
-        p_inv = torch.linalg.solve_triangular(p[..., :d, :d], eye[:d, :d].expand_as(l1), upper=True)
-        scaled_factor = p_inv
-        cov_factor = scale[..., :d].unsqueeze(-1) * p_inv  # R⁻¹ of X itself
+        scaled_factor = torch.linalg.solve_triangular(p[..., :d, :d], eye, upper=True)
+        cov_factor = scale[..., :d].unsqueeze(-1) * scaled_factor  # R⁻¹ of X itself
         # X β = b ⇔ (P_xx S⁻¹)β = P_xb / s_b.
         coef = cov_factor @ p[..., :d, d:] / scale[..., d:].unsqueeze(-1)
         ssr = (p[..., d, d] / scale[..., d]).square()
