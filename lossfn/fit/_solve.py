@@ -135,10 +135,12 @@ def _scales(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, data_eps: 
     deficient); ``b`` of norm 0 (a constant response) keeps scale 1.
     """
     d = means.shape[-1]
-    norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()  # (..., k): X's columns, then b
-    live = norms[..., :d] > noise_floor(means, n.unsqueeze(-1), data_eps)
-    inverse = 1 / torch.where(norms > 0, norms, 1.0)
-    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), inverse, 0.0)
+    squares = torch.diagonal(gram, dim1=-2, dim2=-1)  # (..., k): X's columns, then b
+    positive = squares > 0
+    # 1 where 0: no inf, and no nan gradient through the sqrt, in the branch not taken
+    norms = torch.where(positive, squares, 1.0).sqrt()
+    live = positive[..., :d] & (norms[..., :d] > noise_floor(means, n.unsqueeze(-1), data_eps))
+    scale = torch.where(torch.cat([live, torch.ones_like(live[..., :1])], -1), 1 / norms, 0.0)
     return live, scale
 
 
@@ -239,18 +241,18 @@ def solve_grams(
         # exact fit its pivot is 0 up to rounding and must not fail the dataset.
         l1, info1 = torch.linalg.cholesky_ex(gram1[..., :d, :d])
         r1_xb = torch.linalg.solve_triangular(l1, gram1[..., :d, d:], upper=False)
-        r1_bb = (gram1[..., d:, d:] - r1_xb.mT @ r1_xb).clamp(min=0).sqrt()
-        r1 = torch.cat([torch.cat([l1.mT, r1_xb], -1),
-                        torch.cat([torch.zeros_like(r1_xb.mT), r1_bb], -1)], -2)
-        # [X b]·diag(scale) = Q·P with P = R₁R₀ (upper triangular): R_bb = ‖b − Xβ‖
-        # to eps·‖b‖ absolute (a residual pass would do no better; ‖b‖² − γᵀγ
-        # would only reach √eps·‖b‖ and cannot see an exact fit such as Wampler1).
-        p = r1 @ r0
-        scaled_factor = torch.linalg.solve_triangular(p[..., :d, :d], eye, upper=True)
+        # Squared: no sqrt whose gradient is infinite at an exact fit.
+        r1_bb2 = (gram1[..., d, d] - r1_xb.square().sum((-2, -1))).clamp(min=0)
+        # [X b]·diag(scale) = Q·P with P = R₁R₀ (upper triangular); its top d rows:
+        p = torch.cat([l1.mT, r1_xb], -1) @ r0
+        scaled_factor = torch.linalg.solve_triangular(p[..., :d], eye, upper=True)
         cov_factor = scale[..., :d].unsqueeze(-1) * scaled_factor  # R⁻¹ of X itself
         # X β = b ⇔ (P_xx S⁻¹)β = P_xb / s_b.
-        coef = cov_factor @ p[..., :d, d:] / scale[..., d:].unsqueeze(-1)
-        ssr = (p[..., d, d] / scale[..., d]).square()
+        coef = cov_factor @ p[..., d:] / scale[..., d:].unsqueeze(-1)
+        # R_bb = ‖b − Xβ‖ = r1_bb·r0_bb / s_b, to eps·‖b‖ absolute (a residual
+        # pass would do no better; ‖b‖² − γᵀγ would only reach √eps·‖b‖ and
+        # cannot see an exact fit such as Wampler1).
+        ssr = r1_bb2 * (r0[..., d, d] / scale[..., d]).square()
         info = info0 | info1
 
     sigma_min_bound = 1 / torch.linalg.matrix_norm(scaled_factor)

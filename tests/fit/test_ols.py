@@ -476,3 +476,18 @@ def test_float32_two_pass_route_of_accelerators(monkeypatch, d):
         ours = _coefficients(fit.OLSFit(*(f[k] for f in res)), True)
         assert lre(ours[1:], ref.params[1:]) >= 5  # measured 5.8-7
         assert res.sigma2[k].item() * keep.sum() == pytest.approx(ref.ssr, rel=1e-2)
+
+
+@pytest.mark.parametrize("case", ["exact", "constant"])
+def test_gradients_at_exact_fits_and_constant_responses(case):
+    """d(Σβ + σ²)/dy stays finite where the residual vanishes: d σ²/dy = 2r/n = 0,
+    and d β/dy is the pseudo-inverse of the centred design."""
+    gen = torch.Generator().manual_seed(70)
+    x = torch.randn(14, 3, generator=gen, dtype=torch.float64)
+    if case == "exact":
+        y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 3
+    else:
+        y = torch.full((14,), 4.0, dtype=torch.float64)
+    g = torch.func.grad(lambda v: (fit.ols(x, v).slope.sum() + fit.ols(x, v).sigma2))(y)
+    centred = (x - x.mean(0)).numpy()
+    np.testing.assert_allclose(g.numpy(), np.linalg.pinv(centred).sum(0), rtol=1e-9, atol=1e-12)
