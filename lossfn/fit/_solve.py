@@ -113,13 +113,13 @@ def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tens
         upper = torch.cat(panels, dim=-2)[..., :k, :k]
         gram = upper.triu() + upper.triu(1).mT
     elif a.device.type == "cpu":
-        # Upper triangle row by row, mirrored: exactly symmetric.
-        rows = [
-            torch.nn.functional.pad(a[..., i : i + 1, :] @ a[..., i:k, :].mT, (i, 0))
-            for i in range(k)
-        ]
-        upper = torch.cat(rows, dim=-2)
-        gram = upper + upper.triu(1).mT
+        # The upper triangle row by row, packed, then mirrored by one gather:
+        # exactly symmetric, and few operations on the whole block.
+        packed = torch.cat([a[..., i : i + 1, :] @ a[..., i:k, :].mT for i in range(k)], dim=-1)
+        start = [i * k - i * (i - 1) // 2 for i in range(k)]  # row i's first entry
+        mirror = [start[min(i, j)] + abs(i - j) for i in range(k) for j in range(k)]
+        index = torch.tensor(mirror, device=a.device)
+        gram = packed.squeeze(-2).index_select(-1, index).unflatten(-1, (k, k))
     else:
         gram = (a @ a.mT)[..., :k, :k]
     if offset is None:
