@@ -23,7 +23,7 @@ import torch
 
 from .._checks import check_fit_options
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import Solution, solve_centred
+from ._solve import centred_grams, padded_rows, points_last, solve_grams
 
 __all__ = ["OLSFit", "ols"]
 
@@ -164,44 +164,68 @@ def _simple_origin(data: Data) -> OLSFit:
     )
 
 
+def _precision(x: torch.Tensor):
+    """``(working dtype, data_eps)``. float32 on the CPU: one Gram pass in float64
+    (measured 1.3-1.5x faster than the two float32 passes of CholeskyQR2, and at
+    least as accurate). On accelerators float64 can be far slower: kept there."""
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        return torch.float64, torch.finfo(x.dtype).eps
+    return x.dtype, None
+
+
 def _multiple_block(y, x, present, n, intercept: bool):
-    """Centre one block of datasets and solve it: per-dataset results only."""
+    """Centre one block of datasets and pass over its data: (means, *Gram matrices)."""
     d = x.shape[-1]
-    rows = None if present is None else present.unsqueeze(-2)
-    # [X y]ᵀ, (..., d+1, m): each variable contiguous, the layout in which
-    # batched products over the points are fastest.
-    aug = torch.cat([x.mT, y.unsqueeze(-2)], dim=-2)
-    # float32 on the CPU: one Gram pass in float64 (measured 1.3-1.5x faster
-    # than the two float32 passes of CholeskyQR2, and at least as accurate).
-    # On accelerators float64 can be far slower than float32: kept there.
-    data_eps = None
-    if aug.dtype == torch.float32 and aug.device.type == "cpu":
-        data_eps = torch.finfo(aug.dtype).eps
-        aug, n = aug.double(), n.double()
+    work, data_eps = _precision(x)
+    # [X y 0]ᵀ (..., kp, m) or [X y 0] (..., m, kp), whichever the solver's
+    # products run fastest on (lossfn.fit._solve), in the working dtype and in
+    # one copy (cat promotes); zeros pad it to the size they like best.
+    pad = padded_rows(d + 1, x.device) - (d + 1)
+    points = -1 if points_last(d + 1, x.device) else -2  # the dim over the points
+    columns = -3 - points  # the other one of the last two dims
+    parts = [x.mT, y.unsqueeze(-2)] if points == -1 else [x, y.unsqueeze(-1)]
+    parts[1] = parts[1].to(work)
+    if pad:
+        shape = list(parts[1].shape)
+        shape[columns] = pad
+        parts.append(y.new_zeros(shape, dtype=work))
+    aug = torch.cat(parts, dim=columns)  # ours: changed in place below
+    n = n.to(work)
+    rows = None if present is None else present.unsqueeze(columns)
+    if rows is not None:
+        aug.masked_fill_(~rows, 0.0)  # nan or inf at absent points is never read
+    offset = None
     if intercept:
-        # One-pass centring on the first-pass mean; the tiny mean that is
-        # left (``offset``) is removed exactly in the solver's small algebra.
-        first = zero_absent(aug, rows).sum(-1) / n.unsqueeze(-1)
-        aug = zero_absent(aug.sub_(first.unsqueeze(-1)), rows)  # aug is ours: in place
-        offset = aug.sum(-1) / n.unsqueeze(-1)
-        means = first + offset
+        mean = aug.sum(points) / n.unsqueeze(-1)
+        aug.sub_(mean.unsqueeze(points))
+        if rows is not None:  # absent points back to 0 (addcmul_ has no vmap rule)
+            aug.masked_fill_(~rows, 0.0)
+        if work != torch.float64:
+            # The first-pass mean is off by about eps·|mean|, not small next to
+            # the spread in float32 with large offsets: the mean that is left
+            # is removed exactly in the solver's small algebra. In float64 it
+            # would change the Gram matrix only in the second order (≈ (eps·
+            # mean/spread)²), and the pass is saved.
+            offset = aug.sum(points) / n.unsqueeze(-1)
+            mean = mean + offset
     else:
-        aug = zero_absent(aug, rows)
-        offset = None
-        means = torch.zeros_like(aug[..., 0])
-    return (means,) + tuple(solve_centred(aug, offset, n, means[..., :d], data_eps=data_eps))
+        mean = torch.zeros_like(aug.select(points, 0))
+    grams = centred_grams(aug, offset, n, mean[..., :d], data_eps=data_eps)
+    return (mean[..., : d + 1],) + grams
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
     d = data.x.shape[-1]
     # Blocks of datasets keep the centred copy in cache for the passes that
-    # follow, and spare the page faults of allocating it whole.
-    means, *solved = in_blocks(
+    # follow, and spare the page faults of allocating it whole; the small
+    # algebra after them runs once, on the whole batch.
+    means, *grams = in_blocks(
         lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
         data.y, data.x, data.present, n,
     )
-    sol = Solution(*solved)  # float64 for float32 data on the CPU: cast at the end
+    # float64 for float32 data on the CPU: cast at the end
+    sol = solve_grams(tuple(grams), n, means[..., :d], data_eps=_precision(data.x)[1])
     n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)

@@ -405,3 +405,114 @@ def test_every_batch_dim_is_split_into_blocks(monkeypatch):
         ref = scipy.stats.linregress(x[0, k].numpy(), y[0, k].numpy())
         assert res.slope[0, k].item() == pytest.approx(ref.slope, rel=1e-12)
         assert res.intercept[0, k].item() == pytest.approx(ref.intercept, rel=1e-12)
+
+
+# The solver takes different routes by the number of columns k = d + 1: a Gram
+# matrix row by row up to k = 16, zero-padded rows beyond (lossfn.fit._solve).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [15, 16, 20])
+def test_many_predictors_match_statsmodels(dtype, d):
+    gen = torch.Generator().manual_seed(20 + d)
+    x, y = _random_batch(gen, 3, 60, d)
+    x, y = x.to(dtype), y.to(dtype)
+    res = fit.ols(x, y)
+    assert res.ok.all()
+    rtol = 1e-9 if dtype == torch.float64 else 1e-3
+    for k in range(3):
+        xs, ys = x[k].double().numpy(), y[k].double().numpy()
+        ref = sm.OLS(ys, sm.add_constant(xs)).fit()
+        ours = _coefficients(fit.OLSFit(*(f[k] for f in res)), True)
+        np.testing.assert_allclose(ours, ref.params, rtol=rtol)
+        np.testing.assert_allclose(res.stderr[k].double().numpy(), ref.bse, rtol=rtol)
+        assert res.sigma2[k].item() * 60 == pytest.approx(ref.ssr, rel=rtol)
+        assert res.r2[k].item() == pytest.approx(ref.rsquared, rel=rtol)
+
+
+@pytest.mark.parametrize("d", [3, 18])
+def test_many_predictors_padded_equals_trimmed_and_vmap(d):
+    gen = torch.Generator().manual_seed(30 + d)
+    lengths = [25, 40, 31]
+    x, y = _random_batch(gen, 3, 40, d)
+    mask = torch.arange(40) < torch.tensor(lengths).unsqueeze(-1)
+    x_bad = torch.where(mask.unsqueeze(-1), x, math.nan)
+    y_bad = torch.where(mask, y, 1e30)
+    res = fit.ols(x_bad, y_bad, mask=mask)
+    mapped = torch.func.vmap(lambda a, b, c: fit.ols(a, b, mask=c))(x_bad, y_bad, mask)
+    for k, length in enumerate(lengths):
+        alone = fit.ols(x[k, :length], y[k, :length])
+        for field, value, via_vmap in zip(res._fields, res, mapped):
+            torch.testing.assert_close(value[k], getattr(alone, field), rtol=1e-11, atol=1e-13,
+                                       msg=field)
+            torch.testing.assert_close(via_vmap[k], value[k], rtol=1e-12, atol=1e-14, msg=field)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [2, 18])
+def test_exact_fit_has_zero_residual(dtype, d):
+    """y an exact integer combination of integer predictors: the coefficients are
+    exact to working precision and the SSR is 0 up to rounding of b, not of b²."""
+    gen = torch.Generator().manual_seed(40 + d)
+    x = torch.randint(-50, 50, (2, 3 * d, d), generator=gen).to(torch.float64) + 300
+    beta = torch.randint(-5, 6, (2, d), generator=gen).to(torch.float64)
+    y = (x @ beta.unsqueeze(-1)).squeeze(-1) + 7  # exact in float32 as well
+    res = fit.ols(x.to(dtype), y.to(dtype))
+    assert res.ok.all()
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(res.slope.double(), beta, rtol=0, atol=1e3 * eps)
+    syy = ((y - y.mean(-1, keepdim=True)) ** 2).sum(-1)
+    # float64: √eps·‖b‖ would be the best of ‖b‖² − γᵀγ; the QR-style R keeps
+    # eps·‖b‖. float32 (solved in float64, SSR = ‖b‖² − γᵀγ there): below what a
+    # float32 residual, (eps32·‖b‖)², could resolve.
+    bound = 1e-20 if dtype == torch.float64 else 1e-13
+    assert torch.all(res.sigma2.double() * 3 * d <= bound * syy)
+
+
+def test_constant_response_fits_a_flat_plane():
+    gen = torch.Generator().manual_seed(50)
+    x = torch.randn(2, 30, 4, generator=gen, dtype=torch.float64)
+    y = torch.full((2, 30), 2.5, dtype=torch.float64)
+    res = fit.ols(x, y)
+    assert res.ok.all()
+    torch.testing.assert_close(res.slope, torch.zeros(2, 4, dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(res.intercept, torch.full((2,), 2.5, dtype=torch.float64))
+    assert torch.all(res.sigma2 == 0) and torch.isnan(res.r2).all()  # 0/0: documented
+
+
+@pytest.mark.parametrize("d", [3, 18])
+def test_float32_two_pass_route_of_accelerators(monkeypatch, d):
+    """Off the CPU, float32 stays float32: CholeskyQR2 in float32 with the
+    one-pass centring's leftover mean removed in the small algebra. Forced here
+    on the CPU, on offset data (where a plain float32 Gram loses every digit)."""
+    monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda x: (x.dtype, None))
+    gen = torch.Generator().manual_seed(60 + d)
+    offsets = torch.linspace(-50.0, 1e3, d, dtype=torch.float64)
+    x = torch.rand(3, 200, d, generator=gen, dtype=torch.float64) + offsets
+    y = x @ torch.linspace(-2.0, 1.5, d, dtype=torch.float64) + 0.05 * torch.randn(
+        3, 200, generator=gen, dtype=torch.float64)
+    x32, y32 = x.float(), y.float()
+    mask = torch.ones(3, 200, dtype=torch.bool)
+    mask[1, 150:] = False
+    res = fit.ols(x32, y32, mask=mask)
+    assert res.ok.all() and res.slope.dtype == torch.float32
+    for k in range(3):
+        keep = mask[k].numpy()
+        xs, ys = x32[k].double().numpy()[keep], y32[k].double().numpy()[keep]
+        ref = sm.OLS(ys, sm.add_constant(xs)).fit()
+        ours = _coefficients(fit.OLSFit(*(f[k] for f in res)), True)
+        assert lre(ours[1:], ref.params[1:]) >= 5  # measured 5.8-7
+        assert res.sigma2[k].item() * keep.sum() == pytest.approx(ref.ssr, rel=1e-2)
+
+
+@pytest.mark.parametrize("case", ["exact", "constant"])
+def test_gradients_at_exact_fits_and_constant_responses(case):
+    """d(Σβ + σ²)/dy stays finite where the residual vanishes: d σ²/dy = 2r/n = 0,
+    and d β/dy is the pseudo-inverse of the centred design."""
+    gen = torch.Generator().manual_seed(70)
+    x = torch.randn(14, 3, generator=gen, dtype=torch.float64)
+    if case == "exact":
+        y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 3
+    else:
+        y = torch.full((14,), 4.0, dtype=torch.float64)
+    g = torch.func.grad(lambda v: (fit.ols(x, v).slope.sum() + fit.ols(x, v).sigma2))(y)
+    centred = (x - x.mean(0)).numpy()
+    np.testing.assert_allclose(g.numpy(), np.linalg.pinv(centred).sum(0), rtol=1e-9, atol=1e-12)
