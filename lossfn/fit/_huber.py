@@ -41,15 +41,9 @@ from einops import rearrange
 
 from .._checks import check_fit_options
 from ..location import MAD_TO_SIGMA
-from ._prepare import (
-    blank_where,
-    fit_in_blocks,
-    independent_rows,
-    median_abs,
-    standardize,
-    unstandardize,
-)
-from ._wls import fitted, project, solve_spd, weighted_gram, wls_step
+from ..location import median
+from ._prepare import blank_where, fit_in_blocks, independent_rows, standardize, unstandardize
+from ._wls import column_products, fitted, fitted_many, solve_spd, weighted_grams, wls_step
 
 __all__ = ["HuberFit", "huber"]
 
@@ -78,11 +72,10 @@ class HuberFit(NamedTuple):
     ok: torch.Tensor
 
 
-def _objective(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``Σ ρ_c(rᵢ)``: the Huber objective at scale 1 and threshold ``c = δ·s``."""
-    a = r.abs()
+def _objective_of_abs(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``Σ ρ_c(rᵢ)`` from ``a = |r|``: the Huber objective at scale 1 and threshold ``c = δ·s``."""
     inner = torch.minimum(a, c)
-    return (inner * (a - inner / 2)).sum(-1)
+    return torch.linalg.vecdot(inner, torch.add(a, inner, alpha=-0.5))
 
 
 def _extrapolate(d1, d2, d3, run, s_new):
@@ -193,16 +186,18 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
     full_rank = full_rank & std.informative
     present = None if mask is None else w > 0
 
-    def estimate_scale(r: torch.Tensor) -> torch.Tensor:
-        return median_abs(r, present) / MAD_TO_SIGMA
+    def estimate_scale(size: torch.Tensor) -> torch.Tensor:
+        return median(size, mask=present) / MAD_TO_SIGMA
 
     # Masked points have zero rows and responses: their residual is 0 at every
     # β, so they add nothing to the sums below and need no weight of their own.
     # Feature-major copy: the batched products below read it contiguously.
     Xt = rearrange(X, "... m p -> ... p m").contiguous()
     beta = wls_step(X, Xt, yy, w, torch.zeros_like(X[..., 0, :]))
+    r = yy - fitted(Xt, beta)
+    a = r.abs()
     if scale is None:
-        s = estimate_scale(yy - fitted(Xt, beta))
+        s = estimate_scale(a)
     else:
         s = torch.as_tensor(scale, dtype=X.dtype, device=X.device).expand(batch)
         s = s / std.y_scale
@@ -213,31 +208,40 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
     # The last three plain steps of the scale, and how many there have been.
     d1 = d2 = torch.zeros_like(s)
     run = torch.zeros_like(iterations)
+    products = column_products(X)
     for _ in range(max_iter):
-        r = yy - fitted(Xt, beta)
-        a = r.abs()
         c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
         # Both candidate steps solve (XᵀAX) Δ = Xᵀψ with ψ = clip(r, −c, c):
         # IRLS (A = min(1, c/|r|)) always descends; Newton (A = 1 on |r| ≤ c)
         # is exact once it sees the final inlier set. Keep the better one.
-        rhs = project(X, torch.clamp(r, -c, c))
-        irls = beta + solve_spd(weighted_gram(X, Xt, c / torch.maximum(a, c)), rhs)
-        newton = beta + solve_spd(weighted_gram(X, Xt, (a <= c).to(X.dtype)), rhs)
-        better = _objective(yy - fitted(Xt, newton), c) <= _objective(yy - fitted(Xt, irls), c)
-        new_beta = torch.where(better.unsqueeze(-1), newton, irls)
+        # One product gives both Gram matrices and the right-hand side.
+        grams, rhs = weighted_grams(products, torch.stack(
+            [c / torch.maximum(a, c), (a <= c).to(X.dtype), torch.clamp(r, -c, c)], dim=-2))
+        steps = solve_spd(grams, rhs.expand_as(grams[..., 0]))  # (..., 2, p): IRLS, Newton
+        # Converged datasets stand still: a zero step leaves β and r exactly as they are.
+        steps = torch.where(done[..., None, None], 0.0, steps)
+        candidates = r.unsqueeze(-2) - fitted_many(Xt, steps)  # (..., 2, m)
+        size = candidates.abs()
+        objective = _objective_of_abs(size, c.unsqueeze(-1))
+        better = (objective[..., 1] <= objective[..., 0]).unsqueeze(-1)
+        new_beta = beta + torch.where(better, steps[..., 1, :], steps[..., 0, :])
+        # Residuals carried from step to step rather than recomputed from β:
+        # the rounding they gather over max_iter steps is far below tol.
+        r = torch.where(better, candidates[..., 1, :], candidates[..., 0, :])
+        a = torch.where(better, size[..., 1, :], size[..., 0, :])
         if scale is None:
-            plain = estimate_scale(yy - fitted(Xt, new_beta))
+            plain = estimate_scale(a)
             d3 = plain - s
             new_s, jumped = _extrapolate(d1, d2, d3, run + 1, plain)
             run = torch.where(jumped, 0, run + 1)
             d1, d2 = d2, d3
+            new_s = torch.where(done, s, new_s)
         else:
             new_s = s
         step = (new_beta - beta).abs().amax(-1)
         size = torch.maximum(beta.abs().amax(-1), torch.ones_like(step))
         small = (step <= tol * size) & ((new_s - s).abs() <= tol * s)
-        beta = torch.where(done.unsqueeze(-1), beta, new_beta)
-        s = torch.where(done, s, new_s)
+        beta, s = new_beta, new_s
         iterations = iterations + (~done).long()
         done = done | small
 

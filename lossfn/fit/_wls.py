@@ -7,6 +7,8 @@ when the long axis ``m`` is the contiguous one of the operand being reduced.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -22,6 +24,17 @@ def fitted(Xt: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def fitted_many(Xt: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """``X βₖ`` for several ``βₖ`` per dataset: ``(..., p, m), (..., k, p) -> (..., k, m)``."""
+    p = Xt.shape[-2]
+    if p > 4:
+        return betas @ Xt
+    out = Xt[..., 0:1, :] * betas[..., :1]
+    for k in range(1, p):
+        out += Xt[..., k : k + 1, :] * betas[..., k : k + 1]
+    return out
+
+
 def project(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``Xᵀ v`` per dataset: ``(..., m, p), (..., m) -> (..., p)``."""
     return (values.unsqueeze(-2) @ X).squeeze(-2)
@@ -30,6 +43,33 @@ def project(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 def weighted_gram(X: torch.Tensor, Xt: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``Xᵀ W X`` per dataset: ``(..., m) weights -> (..., p, p)``."""
     return (Xt * weight.unsqueeze(-2)) @ X
+
+
+def column_products(X: torch.Tensor) -> torch.Tensor:
+    """``[xᵢⱼ·xᵢₖ for j ≤ k] ++ xᵢ`` per point: ``(..., m, p) -> (..., m, p(p+1)/2 + p)``.
+
+    Against these columns one product ``V @ Z`` gives ``Xᵀ diag(v) X`` and
+    ``Xᵀ v`` for several weight rows ``v`` at once (see :func:`weighted_grams`).
+    """
+    p = X.shape[-1]
+    return torch.cat([X[..., j : j + 1] * X[..., j:] for j in range(p)] + [X], dim=-1)
+
+
+def weighted_grams(products: torch.Tensor, rows: torch.Tensor):
+    """Gram matrices for all but the last weight row, and ``Xᵀ v`` for the last.
+
+    ``products`` from :func:`column_products` ``(..., m, q)``, ``rows`` ``(..., k, m)``.
+    Returns ``Xᵀ diag(vᵢ) X`` ``(..., k − 1, p, p)`` for the first ``k − 1``
+    rows and ``Xᵀ v_k`` ``(..., 1, p)``: one batched product over the data.
+    """
+    q = products.shape[-1]
+    p = (math.isqrt(8 * q + 9) - 3) // 2  # q = p(p+1)/2 + p
+    sums = rows @ products  # (..., k, q)
+    # Column of the sum of x_j·x_k (j ≤ k, in triu order) for every (j, k).
+    first = [j * p - j * (j - 1) // 2 for j in range(p)]
+    pair = [first[min(j, k)] + abs(k - j) for j in range(p) for k in range(p)]
+    grams = sums[..., :-1, pair].unflatten(-1, (p, p))
+    return grams, sums[..., -1:, -p:]
 
 
 def solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
