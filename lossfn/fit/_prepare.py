@@ -17,6 +17,7 @@ import torch
 
 from ..location import median
 from ._design import in_blocks, noise_floor, prepare
+from ._wls import fitted
 
 
 class StandardForm(NamedTuple):
@@ -129,7 +130,9 @@ def independent_rows(
     """
     p = design.shape[-1]
     eps = torch.finfo(design.dtype).eps
-    norm2 = (design * design).sum(-1)
+    # Feature-major copy: products with it read the long axis m contiguously.
+    design_t = design.mT.contiguous()
+    norm2 = (design_t * design_t).sum(-2)
     usable = (weight > 0) & (norm2 > 0)
     unusable = (~usable).to(design.dtype)
     norm2 = norm2 + unusable  # rows of zeros: avoid 0/0
@@ -153,7 +156,7 @@ def independent_rows(
                 q = q - (q * b).sum(-1, keepdim=True) * b
         q = q / q.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(design.dtype).tiny)
         basis.append(q)
-        c = (design @ q.unsqueeze(-1)).squeeze(-1)
+        c = fitted(design_t, q)
         projected = projected + c * c
     return torch.cat(rows, dim=-1), full_rank
 
