@@ -228,7 +228,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         # IRLS (A = min(1, c/|r|)) always descends; Newton (A = 1 on |r| ≤ c)
         # is exact once it sees the final inlier set. Keep the better one.
         # One product gives both Gram matrices and the right-hand side.
-        grams, rhs = weighted_grams(products, torch.stack(
+        grams, rhs = weighted_grams(X, Xt, products, torch.stack(
             [c / torch.maximum(a, c), (a <= c).to(X.dtype), torch.clamp(r, -c, c)], dim=-2))
         steps = solve_spd(grams, rhs.expand_as(grams[..., 0]))  # (..., 2, p): IRLS, Newton
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.

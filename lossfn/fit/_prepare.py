@@ -221,7 +221,8 @@ def tracked_middle_pair(
     pair lies in ``[lower − D, upper + D]``. When that window holds at most
     :data:`WINDOW` entries and, by count, the pair's ranks (verified exactly,
     whatever the rounding of ``D``), ranking the window alone gives the pair:
-    ``exact``. Late in an iteration ``D`` is tiny and the window holds the pair
+    ``exact``; so it does when the ranked values pass the count test of an
+    order statistic (a window crowded by ties). Late in an iteration ``D`` is tiny and the window holds the pair
     only; a full selection costs ~4x more. Otherwise the pair is interpolated
     inside the window and ``exact`` is False. Absent entries must be 0.
     """
@@ -240,15 +241,18 @@ def tracked_middle_pair(
     window = a.new_full(a.shape[:-1] + (WINDOW + 1,), math.inf).scatter(-1, slot, a)
     ordered = window[..., :WINDOW].sort(dim=-1).values
 
-    def pick(k):
-        at = (k - n_below).clamp(0, WINDOW - 1)
-        found = ordered.gather(-1, at.unsqueeze(-1)).squeeze(-1)
-        # Not exact: a guess inside the window, from the pair's place in it.
-        share = ((k - n_below).to(a.dtype) + 0.5) / n_in.clamp(min=1).to(a.dtype)
-        guess = low.squeeze(-1) + (high - low).squeeze(-1) * share.clamp(0, 1)
-        return torch.where(exact, found, guess)
-
-    return MiddlePair(pick(k_lo), pick(k_hi), exact)
+    ranks = torch.stack([k_lo, k_hi], dim=-1)  # (..., 2)
+    found = ordered.gather(-1, (ranks - n_below.unsqueeze(-1)).clamp(0, WINDOW - 1))
+    # A window crowded by ties (duplicated points keep equal residuals) can
+    # still hold the pair: v is the k-th smallest iff #(a < v) ≤ k < #(a ≤ v).
+    below_found = (a.unsqueeze(-2) < found.unsqueeze(-1)).sum(-1)
+    through_found = (a.unsqueeze(-2) <= found.unsqueeze(-1)).sum(-1)
+    exact = exact | ((below_found <= ranks) & (through_found > ranks)).all(-1)
+    # Not exact: a guess inside the window, from the pair's place in it.
+    share = ((ranks - n_below.unsqueeze(-1)).to(a.dtype) + 0.5) / n_in.clamp(min=1).unsqueeze(-1).to(a.dtype)
+    guess = low + (high - low) * share.clamp(0, 1)
+    pair = torch.where(exact.unsqueeze(-1), found, guess)
+    return MiddlePair(pair[..., 0], pair[..., 1], exact)
 
 
 def blank_where(bad: torch.Tensor, *fields: torch.Tensor) -> Tuple[torch.Tensor, ...]:
