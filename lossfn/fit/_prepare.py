@@ -213,12 +213,13 @@ WINDOW = 16
 
 
 def tracked_middle_pair(
-    a: torch.Tensor, before: torch.Tensor, pair: MiddlePair, present: Optional[torch.Tensor]
+    a: torch.Tensor, reach: torch.Tensor, pair: MiddlePair, present: Optional[torch.Tensor]
 ) -> MiddlePair:
-    """Middle pair of ``a ≥ 0`` ``(..., m)`` from that of ``before``, an earlier ``a``.
+    """Middle pair of ``a ≥ 0`` ``(..., m)`` from ``pair``, that of an earlier ``a``.
 
-    No order statistic moves further than ``D = max|aᵢ − beforeᵢ|``, so the new
-    pair lies in ``[lower − D, upper + D]``. When that window holds at most
+    ``reach`` ``(...)`` bounds how far any entry moved since (the bound ``D`` of
+    ``max|aᵢ − beforeᵢ|``): no order statistic moves further, so the new pair
+    lies in ``[lower − D, upper + D]``. When that window holds at most
     :data:`WINDOW` entries and, by count, the pair's ranks (verified exactly,
     whatever the rounding of ``D``), ranking the window alone gives the pair:
     ``exact``; so it does when the ranked values pass the count test of an
@@ -228,11 +229,10 @@ def tracked_middle_pair(
     """
     m = a.shape[-1]
     k_lo, k_hi = _middle_ranks(present, m, a)
-    reach = (a - before).abs().amax(-1)
     low = (pair.lower - reach).unsqueeze(-1)
     high = (pair.upper + reach).unsqueeze(-1)
     below = a < low
-    inside = (a <= high) & ~below
+    inside = (a <= high) ^ below  # below implies a <= high
     n_below, n_in = below.sum(-1), inside.sum(-1)
     exact = (n_below <= k_lo) & (n_below + n_in > k_hi) & (n_in <= WINDOW)
     # Gather the window's entries into WINDOW slots (in index order; the rest,

@@ -332,15 +332,15 @@ def test_middle_pair_and_its_tracking_match_numpy(m):
         zero = (lambda v: v) if present is None else (lambda v: torch.where(present, v, 0.0))
         pair = middle_pair(zero(before), present)
         for after, must_be_exact in ((zero(small.abs()), True), (zero(large.abs()), False)):
-            tracked = tracked_middle_pair(after, zero(before), pair, present)
+            reach = (after - zero(before)).abs().amax(-1)
+            tracked = tracked_middle_pair(after, reach, pair, present)
             for b in range(6):
                 n = m if present is None else lengths[b].item()
                 lo, hi = _numpy_middle_pair(after[b].numpy(), n)
                 if tracked.exact[b]:
                     assert (tracked.lower[b].item(), tracked.upper[b].item()) == (lo, hi)
                 else:  # a guess inside the bracket [lower - D, upper + D]
-                    reach = (after[b] - zero(before)[b]).abs().max().item()
-                    assert pair.lower[b] - reach <= tracked.lower[b] <= pair.upper[b] + reach
+                    assert pair.lower[b] - reach[b] <= tracked.lower[b] <= pair.upper[b] + reach[b]
             if must_be_exact:
                 assert tracked.exact.all()
         full = middle_pair(zero(large.abs()), present)
@@ -348,9 +348,10 @@ def test_middle_pair_and_its_tracking_match_numpy(m):
         for b in range(6):
             n = m if present is None else lengths[b].item()
             assert (full.lower[b].item(), full.upper[b].item()) == _numpy_middle_pair(zero(large.abs())[b].numpy(), n)
-    if m > 16:  # a window of more than WINDOW entries cannot be ranked: flagged
+    if m > 16:  # a window of more than WINDOW distinct values cannot be ranked: flagged
         spread = before + torch.linspace(0, 3, m, dtype=F64)
-        assert not tracked_middle_pair(spread, before, middle_pair(before, None), None).exact.all()
+        reach = torch.full((6,), 3.0, dtype=F64)
+        assert not tracked_middle_pair(spread, reach, middle_pair(before, None), None).exact.any()
 
 
 def test_middle_pair_of_no_points_is_nan():
@@ -360,7 +361,7 @@ def test_middle_pair_of_no_points_is_nan():
     present = torch.tensor([[False] * 5, [True] * 5])
     pair = middle_pair(a, present)
     assert torch.isnan(pair.lower[0]) and torch.isnan(pair.upper[0]) and pair.lower[1] == 0
-    tracked = tracked_middle_pair(a, a, pair, present)
+    tracked = tracked_middle_pair(a, torch.zeros(2, dtype=F64), pair, present)
     assert torch.isnan(tracked.lower[0]) and tracked.lower[1] == 0 and tracked.exact[1]
 
 
