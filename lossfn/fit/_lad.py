@@ -51,9 +51,11 @@ __all__ = ["LADFit", "lad"]
 _IRLS_STEPS = 16
 
 #: Crossings ranked per line search (see :func:`_exchange`). On the benchmark's
-#: data 4 need as few exchanges as 16 (the minimizer is rarely further out)
-#: and a few argmax passes cost half of one ``topk``.
+#: data 4 need as few exchanges as 16: the minimizer is rarely further out.
 _NEAREST = 4
+
+#: Entries per group in the two-level selection of :func:`_nearest`.
+_GROUP = 8
 
 
 class LADFit(NamedTuple):
@@ -114,18 +116,26 @@ def _certificate(X, Xt, y, rows, zero_tol, tie_break):
 def _nearest(rate: torch.Tensor, k: int):
     """The ``k`` largest of ``rate.clamp(min=0)`` over the last dim, largest first, and their indices.
 
-    ``k`` passes of ``argmax``: for small ``k`` several times cheaper on the CPU
-    than ``topk``, which runs a selection over all ``m`` entries.
+    Two-level selection: the ``k`` largest lie in the ``k`` groups (of
+    ``_GROUP`` entries) with the largest maxima, so one pass takes the group
+    maxima and the rest ranks ``k`` groups only: ~4x cheaper on the CPU than
+    ``topk`` over all ``m`` entries, which runs a selection over every row.
     """
     rate = rate.clamp(min=0)
-    values, order = [], []
-    for step in range(k):
-        index = rate.argmax(-1, keepdim=True)
-        values.append(rate.gather(-1, index))
-        order.append(index)
-        if step + 1 < k:
-            rate = rate.scatter(-1, index, -1.0)
-    return torch.cat(values, dim=-1), torch.cat(order, dim=-1)
+    m = rate.shape[-1]
+    if m <= 4 * k * _GROUP:
+        return rate.topk(k, dim=-1)
+    pad = -m % _GROUP
+    if pad:  # below every clamped rate: never ranked ahead of an entry
+        rate = torch.nn.functional.pad(rate, (0, pad), value=-1.0)
+    # Group b holds entries b, b + n, b + 2n, ... (n = m / G): the maxima are
+    # then a reduction over a leading axis, the fastest layout for it.
+    groups = rate.unflatten(-1, (_GROUP, -1))  # (..., G, n)
+    n = groups.shape[-1]
+    best = groups.amax(-2).topk(k, dim=-1).indices  # (..., k) groups
+    members = groups.gather(-1, best.unsqueeze(-2).expand(best.shape[:-1] + (_GROUP, k)))
+    values, at = members.flatten(-2).topk(k, dim=-1)  # at = row·k + column
+    return values, (at // k) * n + best.gather(-1, at % k)
 
 
 def _exchange(X, Xt, y, rows, u_tol):
