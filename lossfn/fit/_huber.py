@@ -57,7 +57,11 @@ __all__ = ["HuberFit", "huber"]
 
 #: Steps whose scale update selects the median of all |r|; later steps track it
 #: (:func:`lossfn.fit._prepare.tracked_middle_pair`), ~3x cheaper.
-_SELECTIONS = 4
+_SELECTIONS = 3
+
+#: Every so many steps a full selection again, so that a dataset whose median
+#: could not be tracked (a window too wide) is not left without an exact one.
+_ANCHOR = 5
 
 
 class HuberFit(NamedTuple):
@@ -247,7 +251,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         if scale is None:
             # The first steps move the scale most: full selections. Later the
             # median moves little and is tracked (exact or flagged as not).
-            if step_number < _SELECTIONS:
+            if step_number < _SELECTIONS or step_number % _ANCHOR == _ANCHOR - 1:
                 pair = middle_pair(a, present)
             else:
                 # |Δrᵢ| = |xᵢᵀΔβ| ≤ Σⱼ max|xⱼ|·|Δβⱼ|, plus the rounding of carried residuals.
