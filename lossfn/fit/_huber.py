@@ -51,7 +51,7 @@ from ._prepare import (
     tracked_middle_pair,
     unstandardize,
 )
-from ._wls import column_products, fitted, fitted_many, solve_spd, weighted_grams, wls_step
+from ._wls import column_products, fitted, solve_spd, weighted_grams, wls_step
 
 __all__ = ["HuberFit", "huber"]
 
@@ -238,7 +238,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         steps = solve_spd(grams, rhs.expand_as(grams[..., 0]))  # (..., 2, p): IRLS, Newton
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.
         steps = torch.where(done[..., None, None], 0.0, steps)
-        candidates = r.unsqueeze(-2) - fitted_many(Xt, steps)  # (..., 2, m)
+        candidates = r.unsqueeze(-2) - steps @ Xt  # (..., 2, m)
         size = candidates.abs()
         objective = _objective_of_abs(size, c.unsqueeze(-1))
         better = (objective[..., 1] <= objective[..., 0]).unsqueeze(-1)

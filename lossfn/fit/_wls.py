@@ -24,17 +24,6 @@ def fitted(Xt: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def fitted_many(Xt: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
-    """``X βₖ`` for several ``βₖ`` per dataset: ``(..., p, m), (..., k, p) -> (..., k, m)``."""
-    p = Xt.shape[-2]
-    if p > 4:
-        return betas @ Xt
-    out = Xt[..., 0:1, :] * betas[..., :1]
-    for k in range(1, p):
-        out += Xt[..., k : k + 1, :] * betas[..., k : k + 1]
-    return out
-
-
 def project(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``Xᵀ v`` per dataset: ``(..., m, p), (..., m) -> (..., p)``."""
     return (values.unsqueeze(-2) @ X).squeeze(-2)
@@ -86,7 +75,17 @@ def solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     A dataset whose ``G`` is not numerically positive definite (rank-deficient
     or all weights zero) gets ``z = 0`` instead of an exception, so one bad
     dataset cannot stop a batch; callers flag such datasets themselves.
+    For ``p = 2`` the adjugate formula replaces the factorization (half the
+    time on small batched matrices; the same positive-definiteness test:
+    ``g₀₀ > 0`` and ``det G > 0``).
     """
+    if gram.shape[-1] == 2:
+        g00, g01, g11 = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
+        det = g00 * g11 - g01 * g01
+        good = (g00 > 0) & (det > 0)
+        scale = torch.where(good, 1 / torch.where(good, det, 1.0), 0.0)
+        b0, b1 = rhs[..., 0], rhs[..., 1]
+        return torch.stack([(g11 * b0 - g01 * b1) * scale, (g00 * b1 - g01 * b0) * scale], dim=-1)
     factor, info = torch.linalg.cholesky_ex(gram)
     good = (info == 0).unsqueeze(-1)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
