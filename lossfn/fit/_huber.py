@@ -26,6 +26,13 @@ run to convergence. RLM gets there by plain alternation; here the scale
 iteration is Aitken-extrapolated where it runs straight (see
 :func:`_extrapolate`), which changes the path, not the fixed point.
 
+The median of ``|r|`` is a full selection in the first steps and every fifth
+one; in between it is tracked from the previous middle pair through a window
+that the step cannot have left (:func:`lossfn.fit._prepare.tracked_middle_pair`,
+exact by an order-statistic count, ~2x cheaper). Where the window is too
+crowded to rank, that step's scale is a guess inside it and cannot count as
+convergence: ``converged`` always rests on an exact median.
+
 References:
     P. J. Huber (1964), Robust estimation of a location parameter, Ann. Math.
     Statist. 35(1), 73–101. P. J. Huber, E. M. Ronchetti (2009), Robust
@@ -56,7 +63,9 @@ from ._wls import column_products, fitted, solve_spd, weighted_grams, wls_step
 __all__ = ["HuberFit", "huber"]
 
 #: Steps whose scale update selects the median of all |r|; later steps track it
-#: (:func:`lossfn.fit._prepare.tracked_middle_pair`), ~3x cheaper.
+#: (:func:`lossfn.fit._prepare.tracked_middle_pair`), ~2x cheaper. By the third
+#: step (of 6 to 13 to convergence on the benchmark's data) a window of 16 holds
+#: the median pair for more than 98% of the datasets.
 _SELECTIONS = 3
 
 #: Every so many steps a full selection again, so that a dataset whose median
@@ -73,7 +82,8 @@ class HuberFit(NamedTuple):
         scale: the scale ``s`` used at the end ``(...)`` (estimated or given).
         iterations: steps until convergence (``max_iter`` if never) ``(...)``.
         converged: the last step changed ``β`` (in units of the standardized
-            problem) and ``s`` by at most ``tol`` relative ``(...)``.
+            problem) and ``s`` by at most ``tol`` relative, with ``s`` from an
+            exact median ``(...)``.
         ok: full column rank, positive scale and converged ``(...)``. Where the
             design is rank-deficient (constant x, fewer points than
             coefficients, all masked) ``intercept``, ``slope`` and ``scale``

@@ -18,7 +18,8 @@ in lockstep:
    edge ``β + t·d`` with ``X_J d = −sign(uⱼ) eⱼ`` the objective has slope
    ``1 − |uⱼ| < 0`` and is convex piecewise linear in ``t``; its exact minimizer
    is a weighted median of the breakpoints ``rᵢ/aᵢ > 0`` (``aᵢ = xᵢᵀd``, weights
-   ``2|aᵢ|``), found by ranking the nearest breakpoints and a prefix sum. The
+   ``2|aᵢ|``), found by ranking the 4 nearest breakpoints and a prefix sum
+   (beyond them the step stops at the 4th: still a vertex and a descent). The
    point there replaces ``j`` (Barrodale–Roberts pass through several vertices
    in one step this way).
 
