@@ -30,7 +30,7 @@ The median of ``|r|`` is a full selection in the first steps and every fifth
 one; in between it is tracked from the previous middle pair through a window
 that the step cannot have left (:func:`lossfn.fit._prepare.tracked_middle_pair`,
 exact by an order-statistic count, ~2x cheaper). Where the window is too
-crowded to rank, that step's scale is a guess inside it and cannot count as
+crowded to rank, the scale holds for that step, which then cannot count as
 convergence: ``converged`` always rests on an exact median.
 
 References:
@@ -268,10 +268,11 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
                 reach = (column_max * (new_beta - beta).abs()).sum(-1) + 16 * eps * pair.upper
                 pair = tracked_middle_pair(a, reach, pair, present)
             exact = pair.exact
-            plain = estimate_scale(pair)
+            # Without an exact median the scale holds for this step (β then
+            # settles at it, and the window narrows) and the Aitken history restarts.
+            plain = torch.where(exact, estimate_scale(pair), s)
             d3 = plain - s
             new_s, jumped = _extrapolate(d1, d2, d3, run + 1, plain)
-            # A guessed median breaks the evidence of a straight stretch.
             run = torch.where(jumped | ~exact, 0, run + 1)
             d1, d2 = d2, d3
             new_s = torch.where(done, s, new_s)

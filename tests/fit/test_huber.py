@@ -348,10 +348,17 @@ def test_middle_pair_and_its_tracking_match_numpy(m):
         for b in range(6):
             n = m if present is None else lengths[b].item()
             assert (full.lower[b].item(), full.upper[b].item()) == _numpy_middle_pair(zero(large.abs())[b].numpy(), n)
-    if m > 16:  # a window of more than WINDOW distinct values cannot be ranked: flagged
-        spread = before + torch.linspace(0, 3, m, dtype=F64)
-        reach = torch.full((6,), 3.0, dtype=F64)
-        assert not tracked_middle_pair(spread, reach, middle_pair(before, None), None).exact.any()
+    # A window of more than WINDOW distinct values cannot be ranked: flagged,
+    # and the pair comes back as a bracket of the true one.
+    from lossfn.fit._prepare import WINDOW
+
+    wide = torch.rand(6, 3 * WINDOW, generator=g, dtype=F64)
+    spread = wide + 0.01 * torch.rand(6, 3 * WINDOW, generator=g, dtype=F64)
+    tracked = tracked_middle_pair(spread, torch.full((6,), 0.5, dtype=F64), middle_pair(wide, None), None)
+    assert not tracked.exact.any()
+    for b in range(6):
+        lo, hi = _numpy_middle_pair(spread[b].numpy(), 3 * WINDOW)
+        assert tracked.lower[b].item() <= lo <= hi <= tracked.upper[b].item()
 
 
 def test_middle_pair_of_no_points_is_nan():
