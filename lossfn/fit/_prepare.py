@@ -240,11 +240,12 @@ def tracked_middle_pair(
     inside = (a <= high) ^ below  # below implies a <= high
     n_below, n_in = below.sum(-1), inside.sum(-1)
     exact = (n_below <= k_lo) & (n_below + n_in > k_hi) & (n_in <= WINDOW)
-    # Gather the window's entries into WINDOW slots (in index order; the rest,
-    # and any overflow, into one spare slot), then rank just those.
-    slot = torch.where(inside, inside.cumsum(-1) - 1, WINDOW).clamp(max=WINDOW)
-    window = a.new_full(a.shape[:-1] + (WINDOW + 1,), math.inf).scatter(-1, slot, a)
-    ordered = window[..., :WINDOW].sort(dim=-1).values
+    # Gather the window's entries into WINDOW slots (in index order), then
+    # rank just those.
+    # Slot 0 takes every entry outside the window, slot WINDOW + 1 any overflow.
+    slot = (inside.cumsum(-1) * inside).clamp(max=WINDOW + 1)
+    window = a.new_full(a.shape[:-1] + (WINDOW + 2,), math.inf).scatter(-1, slot, a)
+    ordered = window[..., 1 : WINDOW + 1].sort(dim=-1).values
 
     ranks = torch.stack([k_lo, k_hi], dim=-1)  # (..., 2)
     found = ordered.gather(-1, (ranks - n_below.unsqueeze(-1)).clamp(0, WINDOW - 1))
