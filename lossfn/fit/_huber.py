@@ -243,8 +243,9 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         # IRLS (A = min(1, c/|r|)) always descends; Newton (A = 1 on |r| ≤ c)
         # is exact once it sees the final inlier set. Keep the better one.
         # One product gives both Gram matrices and the right-hand side.
+        irls = c / torch.maximum(a, c)  # exactly 1 (c/c) on the inliers, < 1 off them
         grams, rhs = weighted_grams(X, Xt, products, torch.stack(
-            [c / torch.maximum(a, c), (a <= c).to(X.dtype), torch.clamp(r, -c, c)], dim=-2))
+            [irls, irls.floor(), torch.clamp(r, -c, c)], dim=-2))
         steps = solve_spd(grams, rhs.expand_as(grams[..., 0]))  # (..., 2, p): IRLS, Newton
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.
         steps = torch.where(done[..., None, None], 0.0, steps)
@@ -256,7 +257,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         # Residuals carried from step to step rather than recomputed from β:
         # the rounding they gather over max_iter steps is far below tol.
         r = torch.where(better, candidates[..., 1, :], candidates[..., 0, :])
-        a = torch.where(better, size[..., 1, :], size[..., 0, :])
+        a = r.abs()
         exact = torch.ones_like(done)
         if scale is None:
             # The first steps move the scale most: full selections. Later the
