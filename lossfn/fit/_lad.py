@@ -119,8 +119,8 @@ def _nearest(rate: torch.Tensor, k: int):
 
     Two-level selection: the ``k`` largest lie in the ``k`` groups (of
     ``_GROUP`` entries) with the largest maxima, so one pass takes the group
-    maxima and the rest ranks ``k`` groups only: ~4x cheaper on the CPU than
-    ``topk`` over all ``m`` entries, which runs a selection over every row.
+    maxima and the rest ranks ``k`` groups only: ~2x cheaper on the CPU than
+    ``topk`` over all ``m`` entries (measured at m = 200, k = 4).
     """
     rate = rate.clamp(min=0)
     m = rate.shape[-1]

@@ -203,9 +203,9 @@ def middle_pair(a: torch.Tensor, present: Optional[torch.Tensor]) -> MiddlePair:
     ordered = a.sort(dim=-1).values
     lower = ordered.gather(-1, k_lo.unsqueeze(-1)).squeeze(-1)
     upper = ordered.gather(-1, k_hi.unsqueeze(-1)).squeeze(-1)
-    none = present.sum(-1) == 0
-    lower, upper = torch.where(none, math.nan, lower), torch.where(none, math.nan, upper)
-    return MiddlePair(lower, upper, torch.ones_like(none))
+    undefined = (present.sum(-1) == 0) | (torch.isnan(a) & present).any(-1)
+    lower, upper = torch.where(undefined, math.nan, lower), torch.where(undefined, math.nan, upper)
+    return MiddlePair(lower, upper, torch.ones_like(undefined))
 
 
 #: Entries of the window that :func:`tracked_middle_pair` ranks exactly: every

@@ -368,6 +368,9 @@ def test_middle_pair_of_no_points_is_nan():
     present = torch.tensor([[False] * 5, [True] * 5])
     pair = middle_pair(a, present)
     assert torch.isnan(pair.lower[0]) and torch.isnan(pair.upper[0]) and pair.lower[1] == 0
+    with_nan = torch.tensor([[1.0, torch.nan, 2.0, 0.0], [1.0, torch.nan, 2.0, 3.0]], dtype=F64)
+    assert torch.isnan(middle_pair(with_nan, None).lower).all()
+    assert torch.isnan(middle_pair(with_nan, torch.tensor([[True] * 4, [True] * 4])).upper).all()
     tracked = tracked_middle_pair(a, torch.zeros(2, dtype=F64), pair, present)
     assert torch.isnan(tracked.lower[0]) and tracked.lower[1] == 0 and tracked.exact[1]
 
