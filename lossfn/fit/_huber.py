@@ -26,7 +26,7 @@ run to convergence. RLM gets there by plain alternation; here the scale
 iteration is Aitken-extrapolated where it runs straight (see
 :func:`_extrapolate`), which changes the path, not the fixed point.
 
-The median of ``|r|`` is a full selection in the first steps and every fifth
+The median of ``|r|`` is a full selection in the first steps and every eighth
 one; in between it is tracked from the previous middle pair through a window
 that the step cannot have left (:func:`lossfn.fit._prepare.tracked_middle_pair`,
 exact by an order-statistic count, ~2x cheaper). Where the window is too
@@ -70,7 +70,7 @@ _SELECTIONS = 3
 
 #: Every so many steps a full selection again, so that a dataset whose median
 #: could not be tracked (a window too wide) is not left without an exact one.
-_ANCHOR = 5
+_ANCHOR = 8
 
 
 class HuberFit(NamedTuple):
