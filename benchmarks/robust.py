@@ -40,7 +40,11 @@ def make_data(B: int, m: int, d: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(B, m, d, generator=g, dtype=torch.float64)
     beta = torch.randn(B, d, generator=g, dtype=torch.float64)
-    chi = torch.distributions.Chi2(1.5).sample((B, m)).to(torch.float64)
+    # torch.distributions samples from the global generator: seed it here,
+    # inside a fork, so that every run times the same data.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        chi = torch.distributions.Chi2(1.5).sample((B, m)).to(torch.float64)
     noise = torch.randn(B, m, generator=g, dtype=torch.float64) / (chi / 1.5).sqrt()
     outlier = torch.rand(B, m, generator=g, dtype=torch.float64) < 0.1
     noise = noise + outlier * 50 * torch.randn(B, m, generator=g, dtype=torch.float64)

@@ -18,7 +18,8 @@ in lockstep:
    edge ``β + t·d`` with ``X_J d = −sign(uⱼ) eⱼ`` the objective has slope
    ``1 − |uⱼ| < 0`` and is convex piecewise linear in ``t``; its exact minimizer
    is a weighted median of the breakpoints ``rᵢ/aᵢ > 0`` (``aᵢ = xᵢᵀd``, weights
-   ``2|aᵢ|``), found by ranking the nearest breakpoints and a prefix sum. The
+   ``2|aᵢ|``), found by ranking the 4 nearest breakpoints and a prefix sum
+   (beyond them the step stops at the 4th: still a vertex and a descent). The
    point there replaces ``j`` (Barrodale–Roberts pass through several vertices
    in one step this way).
 
@@ -50,8 +51,12 @@ __all__ = ["LADFit", "lad"]
 #: IRLS steps (weights 1/|r|) that produce the starting point of the vertex walk.
 _IRLS_STEPS = 16
 
-#: Crossings ranked per line search (see :func:`_exchange`).
-_NEAREST = 16
+#: Crossings ranked per line search (see :func:`_exchange`). On the benchmark's
+#: data 4 need as few exchanges as 16: the minimizer is rarely further out.
+_NEAREST = 4
+
+#: Entries per group in the two-level selection of :func:`_nearest`.
+_GROUP = 8
 
 
 class LADFit(NamedTuple):
@@ -109,6 +114,31 @@ def _certificate(X, Xt, y, rows, zero_tol, tie_break):
     return beta, r, u
 
 
+def _nearest(rate: torch.Tensor, k: int):
+    """The ``k`` largest of ``rate.clamp(min=0)`` over the last dim, largest first, and their indices.
+
+    Two-level selection: the ``k`` largest lie in the ``k`` groups (of
+    ``_GROUP`` entries) with the largest maxima, so one pass takes the group
+    maxima and the rest ranks ``k`` groups only: ~2x cheaper on the CPU than
+    ``topk`` over all ``m`` entries (measured at m = 200, k = 4).
+    """
+    rate = rate.clamp(min=0)
+    m = rate.shape[-1]
+    if m <= 4 * k * _GROUP:
+        return rate.topk(k, dim=-1)
+    pad = -m % _GROUP
+    if pad:  # below every clamped rate: never ranked ahead of an entry
+        rate = torch.nn.functional.pad(rate, (0, pad), value=-1.0)
+    # Group b holds entries b, b + n, b + 2n, ... (n = m / G): the maxima are
+    # then a reduction over a leading axis, the fastest layout for it.
+    groups = rate.unflatten(-1, (_GROUP, -1))  # (..., G, n)
+    n = groups.shape[-1]
+    best = groups.amax(-2).topk(k, dim=-1).indices  # (..., k) groups
+    members = groups.gather(-1, best.unsqueeze(-2).expand(best.shape[:-1] + (_GROUP, k)))
+    values, at = members.flatten(-2).topk(k, dim=-1)  # at = row·k + column
+    return values, (at // k) * n + best.gather(-1, at % k)
+
+
 def _exchange(X, Xt, y, rows, u_tol):
     """One basis exchange for every dataset that is not yet optimal.
 
@@ -127,11 +157,10 @@ def _exchange(X, Xt, y, rows, u_tol):
     # Along the edge β + t·d the slope starts at 1 - |u_j| and grows by 2|a_i|
     # as each residual r_i - t·a_i crosses zero, at t = r_i/a_i > 0. Ranking
     # the crossings by a_i/r_i (largest first; basis rows give 0/1) needs no
-    # branch. Only the _NEAREST first are ranked, ~10x cheaper than a full
-    # sort; if the minimizer lies further out the step stops at the last
-    # ranked crossing: still a vertex, still a descent.
-    rate = (a / r.scatter(-1, rows, 1.0)).clamp(min=0)
-    rate, order = rate.topk(min(_NEAREST, rate.shape[-1]), dim=-1)
+    # branch. Only the _NEAREST first are ranked; if the minimizer lies
+    # further out the step stops at the last ranked crossing: still a vertex,
+    # still a descent.
+    rate, order = _nearest(a / r.scatter(-1, rows, 1.0), min(_NEAREST, r.shape[-1]))
     climbed = a.gather(-1, order).abs().cumsum(-1)
     first = (climbed < (size - 1) / 2).sum(-1, keepdim=True).clamp(max=order.shape[-1] - 1)
     move = (size > 1 + u_tol) & (rate.gather(-1, first) > 0)

@@ -334,3 +334,18 @@ def test_all_fits_share_one_rank_rule():
     for fit in (ols(x, y), lad(x, y), huber(x, y)):
         assert fit.ok.tolist() == [False, True]
         assert torch.isnan(fit.slope[0]) and fit.slope[1].item() == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("m", [40, 129, 200, 203])
+def test_nearest_crossings_equal_topk(m):
+    # The two-level selection of the line search against torch.topk, ties included.
+    from lossfn.fit._lad import _nearest
+
+    g = torch.Generator().manual_seed(m)
+    rate = torch.randn(50, m, generator=g, dtype=torch.float64)
+    rate[:10] = rate[:10].round()  # many ties
+    values, index = _nearest(rate, 4)
+    expected = rate.clamp(min=0).topk(4, dim=-1).values
+    assert torch.equal(values, expected)
+    assert torch.equal(rate.clamp(min=0).gather(-1, index), values)
+    assert all(len(set(row)) == 4 for row in index.tolist()) and (index < m).all()
