@@ -75,7 +75,11 @@ def _data(kind, B, m, d, seed):
         return X, y + torch.randn(B, m, generator=g, dtype=F64)
     if kind == "heavy":  # Student t with 1.5 degrees of freedom
         z = torch.randn(B, m, generator=g, dtype=F64)
-        chi = torch.distributions.Chi2(1.5).sample((B, m)).to(F64)
+        # torch.distributions draws from the global generator: seed it, in a
+        # fork that leaves the caller's state alone, so every run sees the same data.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            chi = torch.distributions.Chi2(1.5).sample((B, m)).to(F64)
         return X, y + z / (chi / 1.5).sqrt()
     # contaminated: 20% gross outliers in y, some at high-leverage x
     noise = torch.randn(B, m, generator=g, dtype=F64)
