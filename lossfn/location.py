@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from . import _selection
 from ._checks import check_float_tensor, check_mask
 
 __all__ = [
@@ -92,6 +93,9 @@ def _full_median(x: torch.Tensor) -> torch.Tensor:
     m = x.shape[-1]
     if m == 0:
         return x.new_full(x.shape[:-1], math.nan)
+    if _selection.network_pays(x):
+        # Many short rows: a min/max network over columns, ~6x torch.median.
+        return _selection.middle(x)
     # torch.median gives the lower middle value and propagates nan.
     lower = x.median(dim=-1, keepdim=True).values
     if m % 2:

@@ -127,3 +127,31 @@ def test_bad_mask_type():
         location.median(torch.zeros(3), mask=torch.ones(3))
     with pytest.raises(TypeError, match="floating-point"):
         location.median(torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_median_of_many_short_rows_equals_numpy_for_m_1_to_80(dtype, gen):
+    # 64·m rows: the size from which location.median takes the selection network.
+    for m in range(1, 81):
+        x = torch.randn(2, 32 * m, m, generator=gen, dtype=dtype)
+        x[0, :, :].round_()  # ties
+        x[1, 0, m // 2] = math.nan
+        x[1, 1, 0] = math.inf
+        x[1, 2, -1] = -math.inf
+        x[1, 3, :] = math.inf
+        got = location.median(x)
+        expected = np.median(x.numpy(), axis=-1)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        assert got.dtype == dtype
+        # The masked (sort-based) path is an independent implementation: same values.
+        full = torch.ones(x.shape, dtype=torch.bool)
+        np.testing.assert_array_equal(location.median(x, mask=full).numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_median_of_many_short_rows_in_half_precision(dtype, gen):
+    for m in (2, 3, 24, 25, 64):
+        x = torch.randn(64 * m, m, generator=gen).to(dtype)
+        ordered = x.double().sort(-1).values
+        exact = ((ordered[:, (m - 1) // 2] + ordered[:, m // 2]) / 2).to(dtype)
+        torch.testing.assert_close(location.median(x), exact, rtol=0, atol=0)

@@ -1,0 +1,150 @@
+r"""The middle order statistics of short rows by a selection network of min/max.
+
+``torch.median(dim=-1)`` runs one selection per row; for many short rows (Monte
+Carlo replicates, small datasets) its per-row cost dominates: about 34 ms for
+100 000 rows of 25 float32 values on one CPU thread, ten times ``np.partition``.
+A comparator network instead works on whole columns: each comparator
+``(a, b) → (min(a, b), max(a, b))`` is one ``torch.minimum`` and one
+``torch.maximum`` over all rows at once, so the cost is a fixed number of
+vectorized elementwise ops that depends only on ``m``: 6 ms for the case above.
+
+The network is Batcher's odd–even merge sort on the next power of two ``n ≥ m``,
+with the ``n − m`` extra wires taken as ``+∞``: a comparator whose max wire holds
+``+∞`` does nothing, and one whose min wire holds it only swaps, so both are
+removed by relabelling the wires. It is then pruned backwards from the wanted
+outputs, the middle one (odd ``m``) or two (even ``m``): a comparator none of
+whose outputs is needed is dropped, one of whose outputs is needed computes only
+that one. By the 0–1 principle (Knuth, TAOCP vol. 3, §5.3.4) the result is the
+exact order statistic for every input; every value it returns is one of the
+inputs, so it is bitwise the same as a sort's.
+
+nan: the wanted output depends on every input, so in the pruned network every
+input has a path to it, and ``torch.minimum``/``torch.maximum`` propagate nan
+along every path: a row with a nan gives nan, as ``torch.median`` does.
+
+Everything is a pure function of the input; the networks are cached by ``m``
+(plain index lists, a function of the shape only). It works under
+``torch.func.vmap`` and ``grad``; at ties the gradient is split between the tied
+values (``torch.minimum``'s rule) where ``torch.median`` gives it to one of them:
+both are subgradients of the median.
+
+References:
+    K. E. Batcher, "Sorting networks and their applications", AFIPS Spring Joint
+    Computer Conference, 1968.
+    D. E. Knuth, The Art of Computer Programming, vol. 3, §5.3.4, 1998.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List, Optional, Tuple
+
+import torch
+
+__all__ = ["batcher_comparators", "selection_network", "middle", "network_pays"]
+
+#: Up to this many points per row the network was measured faster than
+#: ``torch.median`` (1.7x at m = 100 and 128 with 10⁵ rows; its size grows as m·log²m).
+MAX_POINTS = 128
+
+Comparator = Tuple[int, int, bool, bool]
+
+
+def batcher_comparators(n: int) -> List[Tuple[int, int]]:
+    """Batcher's odd–even merge sort on ``n`` wires (a power of two), in order.
+
+    Each pair ``(i, j)``, ``i < j``, puts the minimum on wire ``i`` and the
+    maximum on wire ``j``.
+    """
+    pairs = []
+    size = 1  # sorted runs of this length are merged into runs of twice it
+    while size < n:
+        gap = size
+        while gap >= 1:
+            for start in range(gap % size, n - gap, 2 * gap):
+                for i in range(start, min(start + gap, n - gap)):
+                    # Compare only within one run of length 2·size being merged.
+                    if i // (2 * size) == (i + gap) // (2 * size):
+                        pairs.append((i, i + gap))
+            gap //= 2
+        size *= 2
+    return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def selection_network(m: int, ranks: Tuple[int, ...]) -> Tuple[Tuple[Comparator, ...],
+                                                                   Tuple[int, ...]]:
+    """The comparators that put the order statistics ``ranks`` (0-based) of ``m`` values in place.
+
+    Returns ``(comparators, wires)``: each comparator ``(a, b, low, high)`` replaces
+    wire ``a`` by ``min(a, b)`` if ``low`` and wire ``b`` by ``max(a, b)`` if
+    ``high`` (both from the values before the comparator); afterwards wire
+    ``wires[k]`` holds the order statistic ``ranks[k]``.
+
+    Example:
+        >>> selection_network(3, (1,))   # the median of three: three comparators
+        (((0, 1, True, True), (0, 2, False, True), (1, 2, True, False)), (1,))
+    """
+    n = 1 << max(m - 1, 0).bit_length()
+    # position[p] is the input wire now at sorted position p, None for a +inf pad.
+    position: List[Optional[int]] = list(range(m)) + [None] * (n - m)
+    full = []
+    for i, j in batcher_comparators(n):
+        a, b = position[i], position[j]
+        if b is None:  # max wire holds +inf: min(a, +inf) = a stays, no-op
+            continue
+        if a is None:  # min wire holds +inf: the values swap places
+            position[i], position[j] = b, None
+            continue
+        full.append((a, b))
+    wires = tuple(position[r] for r in ranks)
+    needed = set(wires)
+    kept = []
+    for a, b in reversed(full):
+        low, high = a in needed, b in needed
+        if low or high:
+            kept.append((a, b, low, high))
+            needed.update((a, b))
+    return tuple(reversed(kept)), wires
+
+
+def network_pays(x: torch.Tensor) -> bool:
+    """Whether :func:`middle` beats ``torch.median`` on ``x`` ``(..., m)`` (a shape rule).
+
+    Measured on CPU: each network op costs about a microsecond of dispatch, so it
+    pays from about ``64·m`` rows on. On CUDA one ``torch.median`` kernel against
+    hundreds of launches was not measured, so it keeps ``torch.median``.
+    """
+    m = x.shape[-1]
+    rows = x.numel() // max(m, 1)
+    return x.device.type == "cpu" and 2 <= m <= MAX_POINTS and rows >= 64 * m
+
+
+def middle(x: torch.Tensor) -> torch.Tensor:
+    """Median over the last dim, ``(..., m) → (...)``, ``m ≥ 1``; mid-pair average for even ``m``.
+
+    Every present value counts; a row with a nan gives nan.
+
+    Example:
+        >>> import torch
+        >>> middle(torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.0, -1.0, 5.0, 5.0]]))
+        tensor([2.5000, 2.5000])
+    """
+    m = x.shape[-1]
+    if m == 1:
+        return x[..., 0].clone()  # a new tensor, as on every other path
+    ranks = tuple(sorted({(m - 1) // 2, m // 2}))
+    comparators, wires = selection_network(m, ranks)
+    # One contiguous copy per column, so each is freed as soon as it is replaced:
+    # the network then needs about one copy of x, not two.
+    rows = [x[..., i].contiguous() for i in range(m)]
+    for a, b, low, high in comparators:
+        first, second = rows[a], rows[b]
+        if low:
+            rows[a] = torch.minimum(first, second)
+        if high:
+            rows[b] = torch.maximum(first, second)
+    lower, upper = rows[wires[0]], rows[wires[-1]]
+    if m % 2:
+        return lower
+    return 0.5 * lower + 0.5 * upper  # halve first: the rounded midpoint, no overflow
