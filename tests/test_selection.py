@@ -102,3 +102,13 @@ def test_gradient_of_the_network_median(m, gen):
     np.testing.assert_array_equal(g.numpy(), expected)
     per_row = vmap(grad(lambda a: _selection.middle(a)))(x)
     np.testing.assert_array_equal(per_row.numpy(), expected)
+
+
+@pytest.mark.parametrize("m", [2, 5, 8])
+def test_tiles_of_rows_give_bitwise_the_same_medians(m, gen, monkeypatch):
+    x = torch.randn(3, 50, m, generator=gen)
+    whole = _selection.middle(x)
+    monkeypatch.setattr(_selection, "TILE_ELEMENTS", 7 * m)  # tiles of 7 rows per thread, uneven
+    tiled = _selection.middle(x)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=0)
+    np.testing.assert_array_equal(tiled.numpy(), np.median(x.numpy(), axis=-1))
