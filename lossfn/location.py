@@ -108,6 +108,11 @@ def _full_median(x: torch.Tensor) -> torch.Tensor:
     return (0.5 * lower + 0.5 * upper).squeeze(-1)  # the rounded midpoint, no overflow
 
 
+def _median(x: torch.Tensor, w: torch.Tensor, masked: bool) -> torch.Tensor:
+    """The median over the last dim; without a mask by selection (the same values, faster)."""
+    return _masked_median(x, w) if masked else _full_median(x)
+
+
 def mean(
     samples: torch.Tensor, *, dim: int = -1, mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -231,7 +236,7 @@ def laplace_fit(
         LocationScale(location=tensor(1.), scale=tensor(1.6667))
     """
     x, w = _prepare("laplace_fit", samples, dim, mask)
-    centre = _masked_median(x, w)
+    centre = _median(x, w, mask is not None)
     deviation = torch.where(w > 0, (x - centre.unsqueeze(-1)).abs(), 0.0)
     return LocationScale(centre, deviation.sum(-1) / w.sum(-1))
 
@@ -261,8 +266,8 @@ def mad_scale(
         1.4826
     """
     x, w = _prepare("mad_scale", samples, dim, mask)
-    centre = _masked_median(x, w)
-    return _masked_median((x - centre.unsqueeze(-1)).abs(), w) / MAD_TO_SIGMA
+    centre = _median(x, w, mask is not None)
+    return _median((x - centre.unsqueeze(-1)).abs(), w, mask is not None) / MAD_TO_SIGMA
 
 
 def _huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -354,10 +359,10 @@ def huber_location(
         tensor(0.5000, dtype=torch.float64)
     """
     x, w = _prepare("huber_location", samples, dim, mask)
-    centre = _masked_median(x, w)
+    centre = _median(x, w, mask is not None)
     r = x - centre.unsqueeze(-1)
     if scale is None:
-        s = _masked_median(r.abs(), w) / MAD_TO_SIGMA
+        s = _median(r.abs(), w, mask is not None) / MAD_TO_SIGMA
     else:
         s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(centre.shape)
     c = (torch.as_tensor(delta, dtype=x.dtype, device=x.device) * s).expand(centre.shape)

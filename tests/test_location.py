@@ -155,3 +155,19 @@ def test_median_of_many_short_rows_in_half_precision(dtype, gen):
         ordered = x.double().sort(-1).values
         exact = ((ordered[:, (m - 1) // 2] + ordered[:, m // 2]) / 2).to(dtype)
         torch.testing.assert_close(location.median(x), exact, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("m", [9, 10])
+def test_fits_without_a_mask_take_the_fast_median_and_agree_with_scipy(m, gen):
+    x = torch.randn(64 * m, m, generator=gen, dtype=torch.float64) ** 3
+    x[5, 3] = math.nan
+    full = torch.ones(x.shape, dtype=torch.bool)
+    for fn in (location.laplace_fit, location.mad_scale,
+               lambda s, mask=None: location.huber_location(s, mask=mask)):
+        torch.testing.assert_close(fn(x), fn(x, mask=full), rtol=0, atol=0, equal_nan=True)
+    lf, mad = location.laplace_fit(x), location.mad_scale(x)
+    for i in (0, 1, 2, 5):
+        xi = x[i].numpy()
+        np.testing.assert_array_equal(lf.location[i].numpy(), np.median(xi))
+        np.testing.assert_allclose(mad[i].numpy(), stats.median_abs_deviation(xi, scale="normal"),
+                                   rtol=1e-13)
