@@ -8,7 +8,7 @@ import torch
 from scipy import optimize, stats
 from torch.func import vmap
 
-from lossfn import location
+from lossfn import _selection, location
 
 
 def _ragged(gen, batch=6, m=11):
@@ -131,27 +131,30 @@ def test_bad_mask_type():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_median_of_many_short_rows_equals_numpy_for_m_1_to_80(dtype, gen):
-    # 64·m rows: the size from which location.median takes the selection network.
     for m in range(1, 81):
-        x = torch.randn(2, 32 * m, m, generator=gen, dtype=dtype)
-        x[0, :, :].round_()  # ties
-        x[1, 0, m // 2] = math.nan
-        x[1, 1, 0] = math.inf
-        x[1, 2, -1] = -math.inf
-        x[1, 3, :] = math.inf
+        x = torch.randn(max(2048, 64 * m), m, generator=gen, dtype=dtype)
+        assert _selection.network_pays(x) == (m > 1)  # the path under test
+        x[:9].round_()  # ties
+        x[9, m // 2] = math.nan
+        x[10, 0] = math.inf
+        x[11, -1] = -math.inf
+        x[12, :] = math.inf
+        x[13, : (m + 1) // 2] = -math.inf
         got = location.median(x)
         expected = np.median(x.numpy(), axis=-1)
         np.testing.assert_array_equal(got.numpy(), expected)
         assert got.dtype == dtype
         # The masked (sort-based) path is an independent implementation: same values.
-        full = torch.ones(x.shape, dtype=torch.bool)
-        np.testing.assert_array_equal(location.median(x, mask=full).numpy(), expected)
+        head = x[:32]
+        full = torch.ones(head.shape, dtype=torch.bool)
+        np.testing.assert_array_equal(location.median(head, mask=full).numpy(), expected[:32])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_median_of_many_short_rows_in_half_precision(dtype, gen):
     for m in (2, 3, 24, 25, 64):
-        x = torch.randn(64 * m, m, generator=gen).to(dtype)
+        x = torch.randn(max(2048, 64 * m), m, generator=gen).to(dtype)
+        assert _selection.network_pays(x)
         ordered = x.double().sort(-1).values
         exact = ((ordered[:, (m - 1) // 2] + ordered[:, m // 2]) / 2).to(dtype)
         torch.testing.assert_close(location.median(x), exact, rtol=0, atol=0)
@@ -159,7 +162,8 @@ def test_median_of_many_short_rows_in_half_precision(dtype, gen):
 
 @pytest.mark.parametrize("m", [9, 10])
 def test_fits_without_a_mask_take_the_fast_median_and_agree_with_scipy(m, gen):
-    x = torch.randn(64 * m, m, generator=gen, dtype=torch.float64) ** 3
+    x = torch.randn(2048, m, generator=gen, dtype=torch.float64) ** 3
+    assert _selection.network_pays(x)
     x[5, 3] = math.nan
     full = torch.ones(x.shape, dtype=torch.bool)
     for fn in (location.laplace_fit, location.mad_scale,
