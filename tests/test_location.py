@@ -175,3 +175,26 @@ def test_fits_without_a_mask_take_the_fast_median_and_agree_with_scipy(m, gen):
         np.testing.assert_array_equal(lf.location[i].numpy(), np.median(xi))
         np.testing.assert_allclose(mad[i].numpy(), stats.median_abs_deviation(xi, scale="normal"),
                                    rtol=1e-13)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 12, 33])
+def test_masked_median_of_many_rows_equals_numpy_on_the_present_points(m, gen):
+    rows = max(2048, 64 * m)
+    x = torch.randn(rows, m, generator=gen, dtype=torch.float64).round(decimals=1)  # ties
+    lengths = torch.randint(0, m + 1, (rows,), generator=gen)
+    mask = torch.arange(m) < lengths[:, None]
+    x = torch.where(mask, x, torch.tensor(math.nan, dtype=torch.float64))  # never read
+    x[0, 0] = math.inf
+    x[1, :] = -math.inf
+    assert _selection.network_pays(x) == (m > 1)
+    got = location.median(x, mask=mask)
+    for i in list(range(40)) + [rows - 1]:
+        n = lengths[i].item()
+        expected = np.median(x[i, :n].numpy()) if n else math.nan
+        np.testing.assert_array_equal(got[i].numpy(), expected)
+    # a nan among the present points gives nan; masked-out nan never does
+    x[2, 0] = math.nan
+    mask[2, 0] = True
+    assert torch.isnan(location.median(x, mask=mask)[2])
+    torch.testing.assert_close(vmap(lambda a, b: location.median(a, mask=b))(x[None], mask[None])[0],
+                               location.median(x, mask=mask), equal_nan=True, rtol=0, atol=0)

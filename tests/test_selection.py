@@ -113,3 +113,24 @@ def test_tiles_of_rows_give_bitwise_the_same_medians(m, gen, monkeypatch):
     tiled = _selection.middle(x)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=0)
     np.testing.assert_array_equal(tiled.numpy(), np.median(x.numpy(), axis=-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_ranked_equals_torch_sort_for_m_1_to_80(dtype, gen):
+    for m in range(1, 81):
+        x = _mixed(m, 30, gen, dtype)
+        ranks = torch.randint(0, m, (30, 3), generator=gen)
+        got = _selection.ranked(x, ranks)
+        expected = x.sort(dim=-1).values.gather(-1, ranks)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_ranked_in_tiles_and_batched(gen, monkeypatch):
+    x = torch.randn(2, 3, 40, 6, generator=gen)
+    ranks = torch.randint(0, 6, (2, 3, 40, 2), generator=gen)
+    expected = x.sort(dim=-1).values.gather(-1, ranks)
+    torch.testing.assert_close(_selection.ranked(x, ranks), expected, rtol=0, atol=0)
+    monkeypatch.setattr(_selection, "TILE_ELEMENTS", 6 * 7)
+    torch.testing.assert_close(_selection.ranked(x, ranks), expected, rtol=0, atol=0)
+    torch.testing.assert_close(vmap(_selection.ranked)(x, ranks), expected, rtol=0, atol=0)
