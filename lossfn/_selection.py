@@ -1,4 +1,4 @@
-r"""The middle order statistics of short rows by a selection network of min/max.
+r"""Order statistics of many short rows by comparator networks of min/max.
 
 ``torch.median(dim=-1)`` runs one selection per row; for many short rows (Monte
 Carlo replicates, small datasets) its per-row cost dominates: about 34 ms for
@@ -18,9 +18,14 @@ that one. By the 0–1 principle (Knuth, TAOCP vol. 3, §5.3.4) the result is th
 exact order statistic for every input; every value it returns is one of the
 inputs, so it is bitwise the same as a sort's.
 
+:func:`ranked` keeps the whole sorting network and gathers per-row ranks from
+its sorted columns: the masked median, whose middle ranks depend on each row's
+count of present points, takes it instead of ``torch.sort``.
+
 nan: the wanted output depends on every input, so in the pruned network every
 input has a path to it, and ``torch.minimum``/``torch.maximum`` propagate nan
-along every path: a row with a nan gives nan, as ``torch.median`` does.
+along every path: a row with a nan gives nan from :func:`middle`, as
+``torch.median`` does (:func:`ranked` leaves nan rows to its caller).
 
 Everything is a pure function of the input; the networks are cached by ``m``
 (plain index lists, a function of the shape only). It works under
