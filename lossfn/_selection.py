@@ -46,16 +46,25 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["batcher_comparators", "selection_network", "middle", "ranked", "network_pays"]
+__all__ = ["batcher_comparators", "selection_network", "middle", "ranked", "network_pays", "tile_rows"]
 
 #: Up to this many points per row the network was measured faster than
 #: ``torch.median`` (1.6x at m = 128 with 10⁵ rows; its size grows as m·log²m).
 MAX_POINTS = 128
 
-#: Values per thread in one tile of rows: 2 MiB of float32, a few times the
-#: elementwise ops' grain (32 768), so the tiles cost no speed (measured) and
-#: the network's memory stays small next to the data's.
-TILE_ELEMENTS = 1 << 19
+#: Values per thread in one tile of rows (1 MiB of float32), at least two threads'
+#: worth: tiles keep the network's working memory small next to the data's and in
+#: cache, cost no speed from about 16 000 rows of 25 on (measured), and on four or
+#: more threads each op spans more than torch's parallel grain (32 768 values).
+#: On two threads each op of a tile runs on one: on a loaded machine the parallel
+#: ops were measured several times slower.
+TILE_ELEMENTS = 1 << 18
+
+
+def tile_rows(m: int) -> int:
+    """Rows of ``m`` values per tile."""
+    return max(1, TILE_ELEMENTS * max(2, torch.get_num_threads()) // m)
+
 
 Comparator = Tuple[int, int, bool, bool]
 
@@ -190,13 +199,13 @@ def ranked(x: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
 def _by_tiles(fn, x: torch.Tensor, *per_row: torch.Tensor) -> torch.Tensor:
     """``fn(rows, *per_row)`` over tiles of the rows of ``x`` ``(..., m)``, concatenated.
 
-    Tiles bound the working memory to about ``TILE_ELEMENTS`` values per thread
-    (each op still spans the threads); the result is the same for any tiling.
+    Tiles (:func:`tile_rows`) bound the working memory; the result is the same for
+    any tiling.
     """
     m = x.shape[-1]
     rows = x.reshape(-1, m)
     extra = [r.reshape(rows.shape[0], -1) for r in per_row]
-    step = max(1, TILE_ELEMENTS * torch.get_num_threads() // m)
+    step = tile_rows(m)
     if rows.shape[0] <= step:
         out = fn(rows, *extra)
     else:

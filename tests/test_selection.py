@@ -109,7 +109,7 @@ def test_gradient_of_the_network_median(m, gen):
 def test_tiles_of_rows_give_bitwise_the_same_medians(m, gen, monkeypatch):
     x = torch.randn(3, 50, m, generator=gen)
     whole = _selection.middle(x)
-    monkeypatch.setattr(_selection, "TILE_ELEMENTS", 7 * m)  # tiles of 7 rows per thread, uneven
+    monkeypatch.setattr(_selection, "tile_rows", lambda m: 7)  # uneven tiles
     tiled = _selection.middle(x)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=0)
     np.testing.assert_array_equal(tiled.numpy(), np.median(x.numpy(), axis=-1))
@@ -131,6 +131,6 @@ def test_ranked_in_tiles_and_batched(gen, monkeypatch):
     ranks = torch.randint(0, 6, (2, 3, 40, 2), generator=gen)
     expected = x.sort(dim=-1).values.gather(-1, ranks)
     torch.testing.assert_close(_selection.ranked(x, ranks), expected, rtol=0, atol=0)
-    monkeypatch.setattr(_selection, "TILE_ELEMENTS", 6 * 7)
+    monkeypatch.setattr(_selection, "tile_rows", lambda m: 7)
     torch.testing.assert_close(_selection.ranked(x, ranks), expected, rtol=0, atol=0)
     torch.testing.assert_close(vmap(_selection.ranked)(x, ranks), expected, rtol=0, atol=0)

@@ -26,8 +26,8 @@ Estimator = Callable[[torch.Tensor], torch.Tensor]
 
 #: Values per tile of replicates in :func:`mean`: its second pass needs a
 #: temporary as large as its input, which on a whole chunk would double the
-#: engine's peak memory; on tiles of 4 MiB (float32) it stays small and in cache.
-TILE_ELEMENTS = 1 << 20
+#: engine's peak memory; on tiles of 1 MiB (float32) it stays small and in cache.
+TILE_ELEMENTS = 1 << 18
 
 
 def _in_tiles(fn: Estimator, samples: torch.Tensor) -> torch.Tensor:
