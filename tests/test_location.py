@@ -198,3 +198,12 @@ def test_masked_median_of_many_rows_equals_numpy_on_the_present_points(m, gen):
     assert torch.isnan(location.median(x, mask=mask)[2])
     torch.testing.assert_close(vmap(lambda a, b: location.median(a, mask=b))(x[None], mask[None])[0],
                                location.median(x, mask=mask), equal_nan=True, rtol=0, atol=0)
+
+
+def test_network_median_over_a_leading_dim_and_a_non_contiguous_view(gen):
+    x = torch.randn(9, 2, 2100, generator=gen)
+    assert _selection.network_pays(x.movedim(0, -1))
+    np.testing.assert_array_equal(location.median(x, dim=0).numpy(), np.median(x.numpy(), axis=0))
+    view = x.transpose(1, 2)[..., ::2, :]  # (9, 1050, 2) with strides, reduced over dim 0
+    np.testing.assert_array_equal(location.median(view, dim=0).numpy(),
+                                  np.median(view.numpy(), axis=0))
