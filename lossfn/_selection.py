@@ -46,7 +46,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["batcher_comparators", "selection_network", "middle", "ranked", "network_pays", "tile_rows"]
+__all__ = ["batcher_comparators", "selection_network", "middle", "ranked", "network_pays",
+           "tile_rows"]
 
 #: Up to this many points per row the network was measured faster than
 #: ``torch.median`` (1.6x at m = 128 with 10⁵ rows; its size grows as m·log²m).
@@ -142,7 +143,7 @@ def network_pays(x: torch.Tensor) -> bool:
 
 
 def middle(x: torch.Tensor) -> torch.Tensor:
-    """Median over the last dim, ``(..., m) → (...)``, ``m ≥ 1``; mid-pair average for even ``m``.
+    """Median over the last dim, ``(..., m) → (...)``; the mid-pair average for even ``m``.
 
     Every value counts; a row with a nan gives nan.
 
@@ -181,7 +182,8 @@ def ranked(x: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> ranked(torch.tensor([[4.0, 1.0, 3.0], [0.0, -1.0, 5.0]]), torch.tensor([[0, 2], [1, 1]]))
+        >>> x = torch.tensor([[4.0, 1.0, 3.0], [0.0, -1.0, 5.0]])
+        >>> ranked(x, torch.tensor([[0, 2], [1, 1]]))
         tensor([[1., 4.],
                 [0., 0.]])
     """

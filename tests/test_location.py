@@ -196,8 +196,9 @@ def test_masked_median_of_many_rows_equals_numpy_on_the_present_points(m, gen):
     x[2, 0] = math.nan
     mask[2, 0] = True
     assert torch.isnan(location.median(x, mask=mask)[2])
-    torch.testing.assert_close(vmap(lambda a, b: location.median(a, mask=b))(x[None], mask[None])[0],
-                               location.median(x, mask=mask), equal_nan=True, rtol=0, atol=0)
+    vmapped = vmap(lambda a, b: location.median(a, mask=b))(x[None], mask[None])[0]
+    torch.testing.assert_close(vmapped, location.median(x, mask=mask), equal_nan=True, rtol=0,
+                               atol=0)
 
 
 def test_network_median_over_a_leading_dim_and_a_non_contiguous_view(gen):
