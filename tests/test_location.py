@@ -208,3 +208,18 @@ def test_network_median_over_a_leading_dim_and_a_non_contiguous_view(gen):
     view = x.transpose(1, 2)[..., ::2, :]  # (9, 1050, 2) with strides, reduced over dim 0
     np.testing.assert_array_equal(location.median(view, dim=0).numpy(),
                                   np.median(view.numpy(), axis=0))
+
+
+def test_gradient_of_the_masked_network_median(gen):
+    m, rows = 7, 2048
+    x = torch.randn(rows, m, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, m + 1, (rows,), generator=gen)
+    mask = torch.arange(m) < lengths[:, None]
+    assert _selection.network_pays(x)
+    g = torch.func.grad(lambda a: location.median(a, mask=mask).sum())(x)
+    expected = np.zeros((rows, m))
+    for i, n in enumerate(lengths.tolist()):
+        order = np.argsort(x[i, :n].numpy())
+        expected[i, order[(n - 1) // 2]] += 0.5
+        expected[i, order[n // 2]] += 0.5
+    np.testing.assert_array_equal(g.numpy(), expected)
