@@ -173,7 +173,9 @@ def make_evaluate(functions: Sequence[Callable], names: Sequence[str], truth: fl
             if tuple(out.shape) != (n,):
                 raise ValueError(f"montecarlo: {name!r} returned shape {tuple(out.shape)} "
                                  f"for {n} replicates; expected ({n},)")
-            row.copy_(out)
+            # Detached: a graph through the study would hold every chunk alive (memory
+            # no longer bounded by chunk_size), and the statistics are not differentiated.
+            row.copy_(out.detach())
         # x − 0 is x bitwise (−0 and nan included): only a real shift costs a pass.
         return errors.sub_(truth) if truth != 0 else errors
 

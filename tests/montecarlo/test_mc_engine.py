@@ -171,3 +171,12 @@ def test_tiles_inside_the_builtins_never_change_a_bit(monkeypatch):
     # and the built-ins agree with the library functions on one tiled chunk
     x = torch.randn(1_000, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(_estimators.mean(x), location.mean(x))
+
+
+def test_an_estimator_with_trainable_parameters_is_evaluated_detached():
+    w = torch.ones(5, dtype=torch.float64, requires_grad=True)
+    kw = dict(m=5, reps=1_000, seed=2, block_size=300)
+    with_grad = montecarlo.run({"w": lambda x: (x * w).mean(-1)}, lossfn.Gaussian(1.0), **kw)
+    plain = montecarlo.run({"w": lambda x: x.mean(-1)}, lossfn.Gaussian(1.0), **kw)
+    assert same(with_grad, plain)
+    assert with_grad["w"].variance.grad_fn is None
