@@ -160,6 +160,11 @@ def median(
     ``Σ|x − μ|``: the Laplace location MLE. A sample with a nan among its present
     points gives nan.
 
+    On CPU batches of many short rows the middle values are selected by a
+    comparator network over the columns (:mod:`lossfn._selection`, several times
+    faster than ``torch.median``/``torch.sort`` there); the values are the same,
+    and at ties the gradient is split between the tied points.
+
     Args:
         samples: ``(..., m, ...)`` float data; ``dim`` holds the ``m`` points of
             one sample, the other dims are a batch of independent samples.
