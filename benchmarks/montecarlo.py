@@ -9,6 +9,8 @@ and median of each, and the mean and variance of both estimators over the replic
 - ``bare torch``: a chunked loop of ``randn``, ``mean``, ``median`` and float64 sums of
   the estimates and their squares, 100 000 replicates per chunk, one generator;
 - ``numpy``: the same loop with ``Generator.standard_normal``, ``mean``, ``median``;
+- ``bare, lossfn median``: the bare torch loop with :func:`lossfn.location.median` (the
+  engine's median), so that the engine's own overhead shows;
 - ``torch all at once``: the bare loop with one chunk of every replicate (the memory
   reference).
 
@@ -26,6 +28,7 @@ Usage::
 
     python benchmarks/montecarlo.py            # reps = 1 000 000
     python benchmarks/montecarlo.py --quick    # reps = 100 000, to check that it runs
+    python benchmarks/montecarlo.py --threads 1 --clock cpu   # steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -57,12 +60,12 @@ def engine(reps: int, chunk: int = CHUNK) -> None:
                    chunk_size=chunk, dtype=torch.float32)
 
 
-def bare_torch(reps: int, chunk: int = CHUNK) -> None:
+def bare_torch(reps: int, chunk: int = CHUNK, median=lambda x: x.median(-1).values) -> None:
     g = torch.Generator().manual_seed(0)
     sums = torch.zeros(2, 2, dtype=torch.float64)
     for start in range(0, reps, chunk):
         x = torch.randn(min(chunk, reps - start), M, generator=g)
-        est = torch.stack([x.mean(-1), x.median(-1).values]).double()
+        est = torch.stack([x.mean(-1), median(x)]).double()
         sums += torch.stack([est.sum(-1), (est * est).sum(-1)], dim=-1)
 
 
@@ -79,6 +82,8 @@ VARIANTS = {
     "montecarlo.run": engine,
     "bare torch": bare_torch,
     "numpy": numpy_loop,
+    # The engine's own overhead: the bare loop with the engine's median.
+    "bare, lossfn median": lambda reps: bare_torch(reps, median=lossfn.location.median),
     "torch all at once": lambda reps: bare_torch(reps, chunk=reps),
 }
 
@@ -121,16 +126,19 @@ def _peak_once(variant: str, reps: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
 
 
-def medians_s(reps: int, repeats: int) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def medians_s(reps: int, repeats: int, clock=time.perf_counter) -> dict:
     times = {name: [] for name in VARIANTS}
     for fn in VARIANTS.values():
         fn(20_000)
     for r in range(repeats):
         names = list(VARIANTS)
         for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start = clock()
             VARIANTS[name](reps)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -141,6 +149,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the process's CPU time (steadier on a shared "
+                             "machine; with --threads 1 it is the time of the work itself)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -151,18 +162,20 @@ def main(argv=None) -> dict:
         return {}
     repeats = args.repeats or (3 if args.quick else 7)
 
-    seconds = medians_s(reps, repeats)
+    seconds = medians_s(reps, repeats, CLOCKS[args.clock])
     memory = {name: peak_mib(name, reps) for name in VARIANTS}
     print(f"Monte Carlo study: {reps:,} replicates x m = {M}, mean + median, float32, "
           f"chunk {CHUNK:,}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"median of {repeats}")
-    print(f"{'variant':<20}{'time (s)':>10}{'vs bare torch':>15}{'peak RSS growth (MiB)':>24}")
+          f"{args.clock} clock, median of {repeats}")
+    print(f"{'variant':<22}{'time (s)':>10}{'vs bare torch':>15}{'peak RSS growth (MiB)':>24}")
     for name in VARIANTS:
-        print(f"{name:<20}{seconds[name]:>10.3f}{seconds[name] / seconds['bare torch']:>15.2f}"
+        print(f"{name:<22}{seconds[name]:>10.3f}{seconds[name] / seconds['bare torch']:>15.2f}"
               f"{memory[name]:>24.1f}")
     ratios = {
         "run / bare torch (target <= 1.2)": seconds["montecarlo.run"] / seconds["bare torch"],
         "numpy / run (target >= 2)": seconds["numpy"] / seconds["montecarlo.run"],
+        "run / bare with lossfn median (the engine's overhead)":
+            seconds["montecarlo.run"] / seconds["bare, lossfn median"],
         "run memory / all at once (target <= 0.2)":
             memory["montecarlo.run"] / max(memory["torch all at once"], 1e-9),
     }

@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from . import _selection
 from ._checks import check_float_tensor, check_mask
 
 __all__ = [
@@ -76,11 +77,14 @@ def _masked_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     present = w > 0
     n = present.sum(-1)
     filled = torch.where(present, x, math.inf)
-    ordered = filled.sort(dim=-1).values
-    lower = ((n - 1).clamp(min=0) // 2).unsqueeze(-1)
-    upper = (n // 2).clamp(max=x.shape[-1] - 1).unsqueeze(-1)
-    a = ordered.gather(-1, lower).squeeze(-1)
-    b = ordered.gather(-1, upper).squeeze(-1)
+    lower = (n - 1).clamp(min=0) // 2
+    upper = (n // 2).clamp(max=x.shape[-1] - 1)
+    ranks = torch.stack([lower, upper], dim=-1)
+    if _selection.network_pays(filled):
+        # Many short rows: a sorting network over columns, several times torch.sort.
+        a, b = _selection.ranked(filled, ranks).unbind(-1)
+    else:
+        a, b = filled.sort(dim=-1).values.gather(-1, ranks).unbind(-1)
     # Halve first: exactly the rounded midpoint, and no overflow near the float max.
     middle = 0.5 * a + 0.5 * b
     has_nan = (torch.isnan(x) & present).any(-1)
@@ -92,6 +96,9 @@ def _full_median(x: torch.Tensor) -> torch.Tensor:
     m = x.shape[-1]
     if m == 0:
         return x.new_full(x.shape[:-1], math.nan)
+    if _selection.network_pays(x):
+        # Many short rows: a min/max network over columns, ~6x torch.median.
+        return _selection.middle(x)
     # torch.median gives the lower middle value and propagates nan.
     lower = x.median(dim=-1, keepdim=True).values
     if m % 2:
@@ -102,6 +109,11 @@ def _full_median(x: torch.Tensor) -> torch.Tensor:
     above = torch.where(x > lower, x, math.inf).amin(-1, keepdim=True)
     upper = torch.where(tied, lower, above)
     return (0.5 * lower + 0.5 * upper).squeeze(-1)  # the rounded midpoint, no overflow
+
+
+def _median(x: torch.Tensor, w: torch.Tensor, masked: bool) -> torch.Tensor:
+    """The median over the last dim; without a mask by selection (the same values, faster)."""
+    return _masked_median(x, w) if masked else _full_median(x)
 
 
 def mean(
@@ -147,6 +159,11 @@ def median(
     the numpy/scipy convention, the midpoint of the interval of minimizers of
     ``Σ|x − μ|``: the Laplace location MLE. A sample with a nan among its present
     points gives nan.
+
+    On CPU batches of many short rows the middle values are selected by a
+    comparator network over the columns (:mod:`lossfn._selection`, several times
+    faster than ``torch.median``/``torch.sort`` there); the values are the same,
+    and at ties the gradient is split between the tied points.
 
     Args:
         samples: ``(..., m, ...)`` float data; ``dim`` holds the ``m`` points of
@@ -227,7 +244,7 @@ def laplace_fit(
         LocationScale(location=tensor(1.), scale=tensor(1.6667))
     """
     x, w = _prepare("laplace_fit", samples, dim, mask)
-    centre = _masked_median(x, w)
+    centre = _median(x, w, mask is not None)
     deviation = torch.where(w > 0, (x - centre.unsqueeze(-1)).abs(), 0.0)
     return LocationScale(centre, deviation.sum(-1) / w.sum(-1))
 
@@ -257,8 +274,8 @@ def mad_scale(
         1.4826
     """
     x, w = _prepare("mad_scale", samples, dim, mask)
-    centre = _masked_median(x, w)
-    return _masked_median((x - centre.unsqueeze(-1)).abs(), w) / MAD_TO_SIGMA
+    centre = _median(x, w, mask is not None)
+    return _median((x - centre.unsqueeze(-1)).abs(), w, mask is not None) / MAD_TO_SIGMA
 
 
 def _huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -350,10 +367,10 @@ def huber_location(
         tensor(0.5000, dtype=torch.float64)
     """
     x, w = _prepare("huber_location", samples, dim, mask)
-    centre = _masked_median(x, w)
+    centre = _median(x, w, mask is not None)
     r = x - centre.unsqueeze(-1)
     if scale is None:
-        s = _masked_median(r.abs(), w) / MAD_TO_SIGMA
+        s = _median(r.abs(), w, mask is not None) / MAD_TO_SIGMA
     else:
         s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(centre.shape)
     c = (torch.as_tensor(delta, dtype=x.dtype, device=x.device) * s).expand(centre.shape)

@@ -8,7 +8,7 @@ import torch
 from scipy import optimize, stats
 from torch.func import vmap
 
-from lossfn import location
+from lossfn import _selection, location
 
 
 def _ragged(gen, batch=6, m=11):
@@ -127,3 +127,99 @@ def test_bad_mask_type():
         location.median(torch.zeros(3), mask=torch.ones(3))
     with pytest.raises(TypeError, match="floating-point"):
         location.median(torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_median_of_many_short_rows_equals_numpy_for_m_1_to_80(dtype, gen):
+    for m in range(1, 81):
+        x = torch.randn(max(2048, 64 * m), m, generator=gen, dtype=dtype)
+        assert _selection.network_pays(x) == (m > 1)  # the path under test
+        x[:9].round_()  # ties
+        x[9, m // 2] = math.nan
+        x[10, 0] = math.inf
+        x[11, -1] = -math.inf
+        x[12, :] = math.inf
+        x[13, : (m + 1) // 2] = -math.inf
+        got = location.median(x)
+        expected = np.median(x.numpy(), axis=-1)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        assert got.dtype == dtype
+        # The masked (sort-based) path is an independent implementation: same values.
+        head = x[:32]
+        full = torch.ones(head.shape, dtype=torch.bool)
+        np.testing.assert_array_equal(location.median(head, mask=full).numpy(), expected[:32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_median_of_many_short_rows_in_half_precision(dtype, gen):
+    for m in (2, 3, 24, 25, 64):
+        x = torch.randn(max(2048, 64 * m), m, generator=gen).to(dtype)
+        assert _selection.network_pays(x)
+        ordered = x.double().sort(-1).values
+        exact = ((ordered[:, (m - 1) // 2] + ordered[:, m // 2]) / 2).to(dtype)
+        torch.testing.assert_close(location.median(x), exact, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("m", [9, 10])
+def test_fits_without_a_mask_take_the_fast_median_and_agree_with_scipy(m, gen):
+    x = torch.randn(2048, m, generator=gen, dtype=torch.float64) ** 3
+    assert _selection.network_pays(x)
+    x[5, 3] = math.nan
+    full = torch.ones(x.shape, dtype=torch.bool)
+    for fn in (location.laplace_fit, location.mad_scale,
+               lambda s, mask=None: location.huber_location(s, mask=mask)):
+        torch.testing.assert_close(fn(x), fn(x, mask=full), rtol=0, atol=0, equal_nan=True)
+    lf, mad = location.laplace_fit(x), location.mad_scale(x)
+    for i in (0, 1, 2, 5):
+        xi = x[i].numpy()
+        np.testing.assert_array_equal(lf.location[i].numpy(), np.median(xi))
+        np.testing.assert_allclose(mad[i].numpy(), stats.median_abs_deviation(xi, scale="normal"),
+                                   rtol=1e-13)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 12, 33])
+def test_masked_median_of_many_rows_equals_numpy_on_the_present_points(m, gen):
+    rows = max(2048, 64 * m)
+    x = torch.randn(rows, m, generator=gen, dtype=torch.float64).round(decimals=1)  # ties
+    lengths = torch.randint(0, m + 1, (rows,), generator=gen)
+    mask = torch.arange(m) < lengths[:, None]
+    x = torch.where(mask, x, torch.tensor(math.nan, dtype=torch.float64))  # never read
+    x[0, 0] = math.inf
+    x[1, :] = -math.inf
+    assert _selection.network_pays(x) == (m > 1)
+    got = location.median(x, mask=mask)
+    for i in list(range(40)) + [rows - 1]:
+        n = lengths[i].item()
+        expected = np.median(x[i, :n].numpy()) if n else math.nan
+        np.testing.assert_array_equal(got[i].numpy(), expected)
+    # a nan among the present points gives nan; masked-out nan never does
+    x[2, 0] = math.nan
+    mask[2, 0] = True
+    assert torch.isnan(location.median(x, mask=mask)[2])
+    vmapped = vmap(lambda a, b: location.median(a, mask=b))(x[None], mask[None])[0]
+    torch.testing.assert_close(vmapped, location.median(x, mask=mask), equal_nan=True, rtol=0,
+                               atol=0)
+
+
+def test_network_median_over_a_leading_dim_and_a_non_contiguous_view(gen):
+    x = torch.randn(9, 2, 2100, generator=gen)
+    assert _selection.network_pays(x.movedim(0, -1))
+    np.testing.assert_array_equal(location.median(x, dim=0).numpy(), np.median(x.numpy(), axis=0))
+    view = x.transpose(1, 2)[..., ::2, :]  # (9, 1050, 2) with strides, reduced over dim 0
+    np.testing.assert_array_equal(location.median(view, dim=0).numpy(),
+                                  np.median(view.numpy(), axis=0))
+
+
+def test_gradient_of_the_masked_network_median(gen):
+    m, rows = 7, 2048
+    x = torch.randn(rows, m, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, m + 1, (rows,), generator=gen)
+    mask = torch.arange(m) < lengths[:, None]
+    assert _selection.network_pays(x)
+    g = torch.func.grad(lambda a: location.median(a, mask=mask).sum())(x)
+    expected = np.zeros((rows, m))
+    for i, n in enumerate(lengths.tolist()):
+        order = np.argsort(x[i, :n].numpy())
+        expected[i, order[(n - 1) // 2]] += 0.5
+        expected[i, order[n // 2]] += 0.5
+    np.testing.assert_array_equal(g.numpy(), expected)

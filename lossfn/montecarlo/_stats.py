@@ -52,19 +52,33 @@ class Moments(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _monomials(k: int, device: torch.device) -> tuple:
-    """Index pairs into the rows ``[1, u, u²]`` (``3K`` rows) for the distinct entries.
+    """How to compute each distinct entry of the ``(3, 3, K, K)`` co-moments from ``[1, u, u²]``.
 
-    ``S[p, q, k, l] = S[q, p, l, k]``, so only entries with ``(p, k) <= (q, l)``
-    (as row indices ``p·K + k``) are computed; ``rows`` lists them as pairs, ``where``
-    maps every entry of the ``(3, 3, K, K)`` tensor to its computed sum.
+    ``S[p, q, k, l] = S[q, p, l, k]``, so only index pairs ``(p·K + k) <= (q·K + l)``
+    are distinct. Of those, ``1·1`` is the count, ``1·v`` is the plain sum of ``v``
+    (multiplying by one is exact), and ``u_k·u_k`` is the row ``u_k²`` itself: only
+    the rest need a product. Returns ``(products, where)``: ``products`` lists the
+    pairs of rows of ``[u, u²]`` (``2K`` rows) to multiply; ``where`` maps every
+    entry of the co-moments to a row of ``[count, sums of u, u², products]``.
     """
     row = torch.tensor([[p * k + i for i in range(k)] for p in range(3)])  # (3[p], K)
     first = row[:, None, :, None].expand(3, 3, k, k)
     second = row[None, :, None, :].expand(3, 3, k, k)
     low, high = torch.minimum(first, second), torch.maximum(first, second)
     pairs, where = torch.unique(low * 3 * k + high, return_inverse=True)
-    rows = [divmod(int(p), 3 * k) for p in pairs]
-    return rows, where.to(device)
+    products, source = [], []
+    for pair in pairs.tolist():
+        a, b = divmod(pair, 3 * k)  # rows of [1, u, u²]; a <= b
+        if b < k:  # 1·1
+            source.append(0)
+        elif a < k:  # 1·v: the sum of row v
+            source.append(1 + b - k)
+        elif a == b and a < 2 * k:  # u_k·u_k is u_k², computed the same way
+            source.append(1 + a)
+        else:
+            products.append((a - k, b - k))
+            source.append(1 + 2 * k + len(products) - 1)
+    return products, torch.tensor(source)[where].to(device)
 
 
 def block_moments(errors: torch.Tensor) -> Moments:
@@ -77,14 +91,22 @@ def block_moments(errors: torch.Tensor) -> Moments:
     the call.
     """
     k, g, n = errors.shape
+    # [u, u²] in one buffer written in place: with fresh temporaries for each
+    # step this function was measured several times slower (allocation, page faults).
+    powers = errors.new_empty((2 * k, g, n))
+    u = powers[:k]
     first = errors.sum(-1) / n  # (K, G)
-    mean = first + (errors - first.unsqueeze(-1)).sum(-1) / n
-    u = errors - mean.unsqueeze(-1)
-    powers = torch.cat([torch.ones_like(u), u, u * u])  # (3K, G, n)
-    rows, where = _monomials(k, errors.device)
-    # One product at a time: a (T, G, n) tensor of them would be the largest buffer of a study.
-    sums = torch.stack([(powers[a] * powers[b]).sum(-1) for a, b in rows])  # (T, G)
+    mean = first + torch.sub(errors, first.unsqueeze(-1), out=u).sum(-1) / n
+    torch.sub(errors, mean.unsqueeze(-1), out=u)
+    torch.mul(u, u, out=powers[k:])
+    products, where = _monomials(k, errors.device)
     count = errors.new_full((g,), float(n))
+    # One product at a time, in one reused buffer: a (T, G, n) tensor of them would
+    # be the largest buffer of a study.
+    product = errors.new_empty((g, n))
+    sums = torch.cat([count.unsqueeze(0), powers.sum(-1)]
+                     + [torch.mul(powers[a], powers[b], out=product).sum(-1).unsqueeze(0)
+                        for a, b in products])
     return Moments(count, mean.T, sums[where].movedim(-1, 0))
 
 

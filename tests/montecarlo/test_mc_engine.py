@@ -156,3 +156,27 @@ def test_cuda_study_stays_on_the_device_and_is_chunk_invariant():
     for name in EST:
         diff = (a[name].variance.cpu() - cpu[name].variance).abs()
         assert diff < 5 * (a[name].variance_se.cpu() ** 2 + cpu[name].variance_se ** 2).sqrt()
+
+
+def test_tiles_inside_the_builtins_never_change_a_bit(monkeypatch):
+    from lossfn import _selection
+    from lossfn.montecarlo import _estimators
+
+    kw = dict(m=6, reps=3_000, seed=7, block_size=500, chunk_size=1_500)  # network-sized chunks
+    whole = montecarlo.run(EST, lossfn.Gaussian(1.0), **kw)
+    monkeypatch.setattr(_estimators, "TILE_ELEMENTS", 6 * 97)
+    monkeypatch.setattr(_selection, "tile_rows", lambda m: 89)
+    tiled = montecarlo.run(EST, lossfn.Gaussian(1.0), **kw)
+    assert same(whole, tiled)
+    # and the built-ins agree with the library functions on one tiled chunk
+    x = torch.randn(1_000, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_estimators.mean(x), location.mean(x))
+
+
+def test_an_estimator_with_trainable_parameters_is_evaluated_detached():
+    w = torch.ones(5, dtype=torch.float64, requires_grad=True)
+    kw = dict(m=5, reps=1_000, seed=2, block_size=300)
+    with_grad = montecarlo.run({"w": lambda x: (x * w).mean(-1)}, lossfn.Gaussian(1.0), **kw)
+    plain = montecarlo.run({"w": lambda x: x.mean(-1)}, lossfn.Gaussian(1.0), **kw)
+    assert same(with_grad, plain)
+    assert with_grad["w"].variance.grad_fn is None
