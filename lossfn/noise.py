@@ -110,6 +110,11 @@ class Gaussian(NoiseModel):
         """Draw independent values of shape ``shape + scale.shape``."""
         z = torch.randn(_draw_shape(shape, self.scale), generator=generator,
                         **_factory(self.scale, dtype, device))
+        if isinstance(self.scale, float):
+            # z is ours: scaling in place spares a pass and a buffer as large as
+            # the draw (a Monte Carlo chunk). A tensor scale may be batched under
+            # vmap or need autograd, so it gets the out-of-place product.
+            return z.mul_(self.scale)
         return z * self.scale
 
     def fit(self, samples, *, dim=-1, mask=None) -> _location.LocationScale:
