@@ -237,6 +237,8 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
     run = torch.zeros_like(iterations)
     products = column_products(X)
     column_max = Xt.abs().amax(-1)  # (..., p)
+    y_max = yy.abs().amax(-1)
+    p = X.shape[-1]
     for step_number in range(max_iter):
         c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
         # Both candidate steps solve (XᵀAX) Δ = Xᵀψ with ψ = clip(r, −c, c):
@@ -249,13 +251,15 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         steps = solve_spd(grams, rhs.expand_as(grams[..., 0]))  # (..., 2, p): IRLS, Newton
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.
         steps = torch.where(done[..., None, None], 0.0, steps)
-        candidates = r.unsqueeze(-2) - steps @ Xt  # (..., 2, m)
+        # Residuals of both candidates from the data, not carried as r − XΔ:
+        # at an exact fit carried residuals shrink by eps a step, away from
+        # the true ones, and the scale would follow them towards 0.
+        trial = beta.unsqueeze(-2) + steps  # (..., 2, p)
+        candidates = yy.unsqueeze(-2) - trial @ Xt  # (..., 2, m)
         size = candidates.abs()
         objective = _objective_of_abs(size, c.unsqueeze(-1))
         better = (objective[..., 1] <= objective[..., 0]).unsqueeze(-1)
-        new_beta = beta + torch.where(better, steps[..., 1, :], steps[..., 0, :])
-        # Residuals carried from step to step rather than recomputed from β:
-        # the rounding they gather over max_iter steps is far below tol.
+        new_beta = torch.where(better, trial[..., 1, :], trial[..., 0, :])
         r = torch.where(better, candidates[..., 1, :], candidates[..., 0, :])
         a = r.abs()
         exact = torch.ones_like(done)
@@ -266,10 +270,12 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
                 pair = middle_pair(a, present)
             else:
                 # |Δrᵢ| = |xᵢᵀΔβ| ≤ Σⱼ max|xⱼ|·|Δβⱼ|, plus the rounding of the
-                # product and of the carried residuals (a bound too tight only
-                # makes the median inexact: the ranks are verified by count).
+                # two residuals y − Xβ (a bound too tight only makes the median
+                # inexact: the ranks are verified by count).
                 bound = (column_max * (new_beta - beta).abs()).sum(-1)
-                reach = bound * (1 + 64 * eps) + 16 * eps * pair.upper
+                largest = torch.maximum(beta.abs(), new_beta.abs())
+                rounding = (4 * p + 16) * eps * (y_max + (column_max * largest).sum(-1))
+                reach = bound * (1 + 64 * eps) + rounding + 16 * eps * pair.upper
                 pair = tracked_middle_pair(a, reach, pair, present)
             exact = pair.exact
             # Without an exact median the scale holds for this step (β then

@@ -6,6 +6,7 @@ import pytest
 import statsmodels.api as sm
 import torch
 from scipy.optimize import brentq
+from scipy.stats import norm
 from sklearn.linear_model import HuberRegressor
 from statsmodels.robust.norms import HuberT, estimate_location
 from statsmodels.robust.scale import mad
@@ -408,3 +409,17 @@ def test_untracked_medians_are_reanchored(monkeypatch):
         ref = _rlm(X[b].numpy(), y[b].numpy(), 1.345)
         assert _rel(_params(fit, b), ref.params) < 1e-6
         assert fit.scale[b].item() == pytest.approx(ref.scale, rel=1e-6)
+
+
+def test_exact_fit_converges_at_the_scale_of_its_own_residuals():
+    """y exactly on a line: the scale is the MAD rule of the returned fit's own
+    residuals (rounding noise), reached and flagged converged in few steps; it
+    is not meaningful (ok False), and it never decays below them."""
+    x = torch.tensor([0.3, 1.7, 2.2, 3.9, 5.1, 6.4], dtype=F64)
+    y = 1 + 0.7 * x
+    res = huber(x, y)
+    assert bool(res.converged) and res.iterations.item() < 20 and not bool(res.ok)
+    assert res.slope.item() == pytest.approx(0.7, rel=1e-12)
+    residuals = y.numpy() - res.intercept.item() - res.slope.item() * x.numpy()
+    mad_rule = np.median(np.abs(residuals)) / norm.ppf(0.75)
+    assert 0.5 * mad_rule <= res.scale.item() <= 2 * mad_rule
