@@ -118,7 +118,7 @@ def in_blocks(fn, *arrays: Optional[torch.Tensor], rows: Optional[int] = None) -
         parts = in_blocks(fn, *flat, rows=rows)
         return tuple(p.unflatten(0, batch) for p in parts)
     if rows is None:
-        row_bytes = sum(a[0].numel() * a.element_size() for a in arrays if a is not None)
+        row_bytes = sum(a.shape[1:].numel() * a.element_size() for a in arrays if a is not None)
         rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
     if lead.shape[0] <= rows:
         return fn(*arrays)

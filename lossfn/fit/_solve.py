@@ -89,7 +89,7 @@ PAD_TO = 12
 
 
 def points_last(k: int, device: torch.device) -> bool:
-    """Layout of the data for :func:`solve_centred`: (..., kp, m) if True, else (..., m, kp)."""
+    """Layout of the data for :func:`centred_grams`: (..., kp, m) if True, else (..., m, kp)."""
     return device.type != "cpu" or k <= ROWWISE_MAX
 
 

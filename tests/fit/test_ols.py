@@ -516,3 +516,13 @@ def test_gradients_at_exact_fits_and_constant_responses(case):
     g = torch.func.grad(lambda v: (fit.ols(x, v).slope.sum() + fit.ols(x, v).sigma2))(y)
     centred = (x - x.mean(0)).numpy()
     np.testing.assert_allclose(g.numpy(), np.linalg.pinv(centred).sum(0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [(0,), (2, 0)])
+@pytest.mark.parametrize("d", [None, 3])
+def test_empty_batches_give_empty_results(batch, d):
+    x = torch.randn(*batch, 40) if d is None else torch.randn(*batch, 40, d)
+    res = fit.ols(x, torch.randn(*batch, 40))
+    assert res.intercept.shape == batch and res.ok.shape == batch and res.n.shape == batch
+    assert res.slope.shape == (batch if d is None else batch + (d,))
+    assert res.stderr.shape == batch + (2 if d is None else d + 1,)
