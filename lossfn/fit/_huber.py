@@ -54,6 +54,7 @@ from ._prepare import (
     fit_in_blocks,
     independent_rows,
     middle_pair,
+    middle_ranks,
     standardize,
     tracked_middle_pair,
     unstandardize,
@@ -225,6 +226,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
     if scale is None:
         pair = middle_pair(a, present)
         s = estimate_scale(pair)
+        ranks = middle_ranks(present, a)
     else:
         s = torch.as_tensor(scale, dtype=X.dtype, device=X.device).expand(batch)
         s = s / std.y_scale
@@ -276,7 +278,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
                 largest = torch.maximum(beta.abs(), new_beta.abs())
                 rounding = (4 * p + 16) * eps * (y_max + (column_max * largest).sum(-1))
                 reach = bound * (1 + 64 * eps) + rounding + 16 * eps * pair.upper
-                pair = tracked_middle_pair(a, reach, pair, present)
+                pair = tracked_middle_pair(a, reach, pair, present, ranks=ranks)
             exact = pair.exact
             # Without an exact median the scale holds for this step (β then
             # settles at it, and the window narrows) and the Aitken history restarts.

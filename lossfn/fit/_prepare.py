@@ -215,49 +215,60 @@ def middle_pair(a: torch.Tensor, present: Optional[torch.Tensor]) -> MiddlePair:
 WINDOW = 64
 
 
+def middle_ranks(present: Optional[torch.Tensor], a: torch.Tensor) -> torch.Tensor:
+    """0-based ranks ``(..., 2)`` of the middle pair of ``a`` ``(..., m)`` with absent entries 0.
+
+    They depend on the mask only: an iteration computes them once and passes
+    them to every :func:`tracked_middle_pair`.
+    """
+    return torch.stack(_middle_ranks(present, a.shape[-1], a), dim=-1)
+
+
 def tracked_middle_pair(
-    a: torch.Tensor, reach: torch.Tensor, pair: MiddlePair, present: Optional[torch.Tensor]
+    a: torch.Tensor,
+    reach: torch.Tensor,
+    pair: MiddlePair,
+    present: Optional[torch.Tensor],
+    *,
+    ranks: Optional[torch.Tensor] = None,
 ) -> MiddlePair:
     """Middle pair of ``a ≥ 0`` ``(..., m)`` from ``pair``, that of an earlier ``a``.
 
     ``reach`` ``(...)`` bounds how far any entry moved since (the bound ``D`` of
     ``max|aᵢ − beforeᵢ|``): no order statistic moves further, so the new pair
-    lies in ``[lower − D, upper + D]``. When that window holds at most
-    :data:`WINDOW` entries and, by count, the pair's ranks (verified exactly,
-    whatever the rounding of ``D``), ranking the window alone gives the pair:
-    ``exact``; so it does when the ranked values pass the count test of an
-    order statistic (a window crowded by ties). Late in an iteration ``D`` is
+    lies in ``[lower − D, upper + D]``. The first :data:`WINDOW` entries of that
+    window (in index order) are ranked alone, and a ranked value ``v`` counts
+    as the ``k``-th smallest of all ``a`` iff ``#(a < v) ≤ k < #(a ≤ v)``,
+    verified exactly, whatever the rounding of ``D``: ``exact``. That holds
+    whenever the window holds the pair's ranks and at most :data:`WINDOW`
+    entries, and also in a window crowded by ties. Late in an iteration ``D`` is
     tiny and the window holds the pair only: ranking it costs a few passes
     over ``a``, ~2x less than a selection. Otherwise ``exact`` is False and
     ``lower``, ``upper`` are the window's ends: a bracket of the pair, from
-    which the next window can go on. Absent entries must be 0.
+    which the next window can go on. Absent entries must be 0. ``ranks``: those
+    of :func:`middle_ranks`, if already at hand.
     """
     m = a.shape[-1]
-    k_lo, k_hi = _middle_ranks(present, m, a)
-    low = (pair.lower - reach).unsqueeze(-1)
-    high = (pair.upper + reach).unsqueeze(-1)
-    below = a < low
-    inside = (a <= high) ^ below  # below implies a <= high
-    n_below, n_in = below.sum(-1), inside.sum(-1)
-    exact = (n_below <= k_lo) & (n_below + n_in > k_hi) & (n_in <= WINDOW)
-    # Gather the window's entries into WINDOW slots (in index order), then
-    # rank just those.
-    # Slot 0 takes every entry outside the window, slot WINDOW + 1 any overflow.
-    slot = (inside.cumsum(-1) * inside).clamp(max=WINDOW + 1)
-    window = a.new_full(a.shape[:-1] + (WINDOW + 2,), math.inf).scatter(-1, slot, a)
-    ordered = window[..., 1 : WINDOW + 1].sort(dim=-1).values
-
-    ranks = torch.stack([k_lo, k_hi], dim=-1)  # (..., 2)
-    found = ordered.gather(-1, (ranks - n_below.unsqueeze(-1)).clamp(0, WINDOW - 1))
-    # A window crowded by ties (duplicated points keep equal residuals) can
-    # still hold the pair: v is the k-th smallest iff #(a < v) ≤ k < #(a ≤ v).
+    if ranks is None:
+        ranks = middle_ranks(present, a)
+    bounds = torch.stack([pair.lower - reach, pair.upper + reach], dim=-1)  # (..., 2)
+    below = a < bounds[..., :1]
+    inside = (a <= bounds[..., 1:]) ^ below  # below implies a <= high
+    # Gather the window's entries into slots 1, 2, ... (in index order; slot 0
+    # takes every entry outside it), then rank the first WINDOW slots alone.
+    slot = inside.cumsum(-1) * inside
+    size = min(WINDOW, m)
+    window = a.new_full(a.shape[:-1] + (m + 1,), math.inf).scatter(-1, slot, a)
+    ordered = window[..., 1 : size + 1].sort(dim=-1).values
+    found = ordered.gather(-1, (ranks - below.sum(-1, keepdim=True)).clamp(0, size - 1))
+    # v is the k-th smallest iff #(a < v) ≤ k < #(a ≤ v): the rank test, which
+    # also accepts a window crowded by ties (duplicated points keep equal residuals).
     below_found = (a.unsqueeze(-2) < found.unsqueeze(-1)).sum(-1)
     through_found = (a.unsqueeze(-2) <= found.unsqueeze(-1)).sum(-1)
-    exact = exact | ((below_found <= ranks) & (through_found > ranks)).all(-1)
+    exact = ((below_found <= ranks) & (through_found > ranks)).all(-1)
     # Not exact: the window itself, which brackets the pair (lower ≥ low,
     # upper ≤ high), so that the next window still holds it.
-    lower = torch.where(exact, found[..., 0], low.squeeze(-1))
-    upper = torch.where(exact, found[..., 1], high.squeeze(-1))
+    lower, upper = torch.where(exact.unsqueeze(-1), found, bounds).unbind(-1)
     return MiddlePair(lower, upper, exact)
 
 
