@@ -59,7 +59,7 @@ from ._prepare import (
     tracked_middle_pair,
     unstandardize,
 )
-from ._wls import column_products, fitted, solve_spd, weighted_grams, wls_step
+from ._wls import column_products, fitted, weighted_solves, wls_step
 
 __all__ = ["HuberFit", "huber"]
 
@@ -105,26 +105,33 @@ def _objective_of_abs(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(inner, torch.add(a, inner, alpha=-0.5))
 
 
-def _extrapolate(d1, d2, d3, run, s_new):
+def _extrapolate(d, rho_before, safe_before, run, s_new):
     """Aitken's Δ² jump of the scale iteration, taken only on a straight stretch.
 
     With ``β`` re-solved at each scale, ``g(s) = median|r(β(s))|/Φ⁻¹(3/4)`` is
     piecewise linear in ``s``: within a fixed inlier set ``β(s)`` is linear in
     ``s``, and so is one order statistic of ``|r|``. On one piece the steps
     ``dₖ = sₖ − sₖ₋₁`` shrink by a constant ratio ``ρ = g'``, and the fixed point
-    is ``s_new + d·ρ/(1 − ρ)``. Two equal successive ratios (three plain steps,
-    ``run ≥ 3``) are the evidence of a straight stretch; across a kink they
-    differ and the plain iteration goes on. The plain iteration verifies the
-    result either way: a jump never counts as convergence.
+    is ``s_new + d·ρ/(1 − ρ)``. Two equal successive ratios (three plain,
+    nonzero steps: ``run ≥ 2`` before this one) are the evidence of a straight
+    stretch; across a kink they differ and the plain iteration goes on. The
+    plain iteration verifies the result either way: a jump never counts as
+    convergence.
 
-    Returns the next scale and whether it jumped.
+    ``d`` is this plain step, ``rho_before`` the ratio of the last two,
+    ``safe_before`` the last step (1 where it was 0), ``run`` the plain nonzero
+    steps in a row before this one. Each ratio is computed once and carried.
+
+    Returns the next scale, the new ``rho``, ``safe`` and ``run``.
     """
-    safe1 = torch.where(d1 != 0, d1, 1.0)
-    safe2 = torch.where(d2 != 0, d2, 1.0)
-    rho_before, rho = d2 / safe1, d3 / safe2
-    straight = (run >= 3) & (d1 != 0) & (d2 != 0) & (rho.abs() <= 0.95)
-    straight = straight & ((rho - rho_before).abs() <= 1e-3 * rho.abs())
-    return torch.where(straight, s_new + d3 * rho / (1 - rho), s_new), straight
+    moved = d != 0
+    rho = d / safe_before
+    size = rho.abs()
+    straight = (run >= 2) & (size <= 0.95) & ((rho - rho_before).abs() <= 1e-3 * size)
+    s_next = torch.where(straight, s_new + d * rho / (1 - rho), s_new)
+    # A jump or a step of 0 (the scale held, or stood still) starts the count again.
+    run = torch.where(straight | ~moved, 0, run + 1)
+    return s_next, rho, torch.where(moved, d, 1.0), run
 
 
 def huber(
@@ -232,39 +239,50 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         s = s / std.y_scale
 
     done = torch.zeros_like(full_rank)
-    iterations = torch.zeros_like(full_rank, dtype=torch.long)
+    settled = torch.zeros_like(full_rank, dtype=torch.long)  # steps begun already converged
     tiny = torch.finfo(X.dtype).tiny
-    # The last three plain steps of the scale, and how many there have been.
-    d1 = d2 = torch.zeros_like(s)
-    run = torch.zeros_like(iterations)
+    zero = X.new_zeros(())
+    if scale is None:
+        # The ratio of the last two plain steps of the scale, the last step
+        # (1 where 0) and how many plain nonzero ones there have been in a row.
+        rho, safe = torch.zeros_like(s), torch.ones_like(s)
+        run = torch.zeros_like(settled)
+    else:
+        c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
+        c_of_both = c.unsqueeze(-1)
+        # The scale stands still: its part of the convergence test, once.
+        scale_settled = (s - s).abs() <= tol * s
     products = column_products(X)
     column_max = Xt.abs().amax(-1)  # (..., p)
     y_max = yy.abs().amax(-1)
+    response = yy.unsqueeze(-2)
     p = X.shape[-1]
+    beta_abs = beta.abs()
     for step_number in range(max_iter):
-        c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
+        if scale is None:
+            c = (delta_t * s).clamp(min=tiny).unsqueeze(-1)
+            c_of_both = c.unsqueeze(-1)
         # Both candidate steps solve (XᵀAX) Δ = Xᵀψ with ψ = clip(r, −c, c):
         # IRLS (A = min(1, c/|r|)) always descends; Newton (A = 1 on |r| ≤ c)
         # is exact once it sees the final inlier set. Keep the better one.
         # One product gives both Gram matrices and the right-hand side.
         irls = c / torch.maximum(a, c)  # exactly 1 (c/c) on the inliers, < 1 off them
-        grams, rhs = weighted_grams(X, Xt, products, torch.stack(
-            [irls, irls.floor(), torch.clamp(r, -c, c)], dim=-2))
-        steps = solve_spd(grams, rhs.expand_as(grams[..., 0]))  # (..., 2, p): IRLS, Newton
+        steps = weighted_solves(X, Xt, products, torch.stack(
+            [irls, irls.floor(), torch.clamp(r, -c, c)], dim=-2))  # (..., 2, p): IRLS, Newton
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.
-        steps = torch.where(done[..., None, None], 0.0, steps)
+        steps = torch.where(done[..., None, None], zero, steps)
         # Residuals of both candidates from the data, not carried as r − XΔ:
         # at an exact fit carried residuals shrink by eps a step, away from
         # the true ones, and the scale would follow them towards 0.
         trial = beta.unsqueeze(-2) + steps  # (..., 2, p)
-        candidates = yy.unsqueeze(-2) - trial @ Xt  # (..., 2, m)
-        size = candidates.abs()
-        objective = _objective_of_abs(size, c.unsqueeze(-1))
+        candidates = response - trial @ Xt  # (..., 2, m)
+        objective = _objective_of_abs(candidates.abs(), c_of_both)
         better = (objective[..., 1] <= objective[..., 0]).unsqueeze(-1)
         new_beta = torch.where(better, trial[..., 1, :], trial[..., 0, :])
         r = torch.where(better, candidates[..., 1, :], candidates[..., 0, :])
         a = r.abs()
-        exact = torch.ones_like(done)
+        change = (new_beta - beta).abs()
+        new_beta_abs = new_beta.abs()
         if scale is None:
             # The first steps move the scale most: full selections. Later the
             # median moves little and is tracked (exact or flagged as not).
@@ -274,29 +292,28 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
                 # |Δrᵢ| = |xᵢᵀΔβ| ≤ Σⱼ max|xⱼ|·|Δβⱼ|, plus the rounding of the
                 # two residuals y − Xβ (a bound too tight only makes the median
                 # inexact: the ranks are verified by count).
-                bound = (column_max * (new_beta - beta).abs()).sum(-1)
-                largest = torch.maximum(beta.abs(), new_beta.abs())
+                bound = (column_max * change).sum(-1)
+                largest = torch.maximum(beta_abs, new_beta_abs)
                 rounding = (4 * p + 16) * eps * (y_max + (column_max * largest).sum(-1))
                 reach = bound * (1 + 64 * eps) + rounding + 16 * eps * pair.upper
                 pair = tracked_middle_pair(a, reach, pair, present, ranks=ranks)
             exact = pair.exact
             # Without an exact median the scale holds for this step (β then
-            # settles at it, and the window narrows) and the Aitken history restarts.
+            # settles at it, and the window narrows) and the Aitken history
+            # restarts (a step of 0).
             plain = torch.where(exact, estimate_scale(pair), s)
-            d3 = plain - s
-            new_s, jumped = _extrapolate(d1, d2, d3, run + 1, plain)
-            run = torch.where(jumped | ~exact, 0, run + 1)
-            d1, d2 = d2, d3
+            new_s, rho, safe, run = _extrapolate(plain - s, rho, safe, run, plain)
             new_s = torch.where(done, s, new_s)
+            scale_settled = ((new_s - s).abs() <= tol * s) & exact
         else:
             new_s = s
-        step = (new_beta - beta).abs().amax(-1)
-        size = torch.maximum(beta.abs().amax(-1), torch.ones_like(step))
-        small = (step <= tol * size) & ((new_s - s).abs() <= tol * s) & exact
-        beta, s = new_beta, new_s
-        iterations = iterations + (~done).long()
+        size = beta_abs.amax(-1).clamp(min=1)
+        small = (change.amax(-1) <= tol * size) & scale_settled
+        beta, beta_abs, s = new_beta, new_beta_abs, new_s
+        settled = settled + done
         done = done | small
 
+    iterations = max_iter - settled
     icpt, slope = unstandardize(beta, std, intercept, simple)
     s = s * std.y_scale
     # A tensor δ ≤ 0 (a float one raises in huber) is outside the domain: no fit.

@@ -69,6 +69,33 @@ def weighted_grams(
     return grams, sums[..., -1:, -p:]
 
 
+def weighted_solves(
+    X: torch.Tensor, Xt: torch.Tensor, products: Optional[torch.Tensor], rows: torch.Tensor
+) -> torch.Tensor:
+    """Solve ``(Xᵀ diag(vₖ) X) zₖ = Xᵀ u`` for every weight row ``vₖ`` but the last, ``u``.
+
+    ``rows`` ``(..., k, m)``: ``k − 1`` rows of weights ``≥ 0``, then ``u``;
+    ``products`` from :func:`column_products`. Returns ``z`` ``(..., k − 1, p)``,
+    0 where the Gram matrix is not numerically positive definite, as
+    :func:`solve_spd`. For ``p = 2`` the adjugate works on the sums of one
+    batched product directly (no Gram matrices laid out, a dozen torch calls
+    fewer). With weights ``≥ 0``, ``g₀₀ ≥ 0`` holds exactly, so ``det G > 0``
+    alone is the positive-definiteness test.
+    """
+    if X.shape[-1] != 2 or products is None:
+        grams, rhs = weighted_grams(X, Xt, products, rows)
+        return solve_spd(grams, rhs.expand_as(grams[..., 0]))
+    sums = rows @ products  # (..., k, 5): Σv·x₀², Σv·x₀x₁, Σv·x₁², Σv·x₀, Σv·x₁
+    g = sums[..., :-1, :3]  # (..., k − 1, 3): g₀₀, g₀₁, g₁₁
+    b = sums[..., -1:, 3:]  # (..., 1, 2): b₀, b₁
+    flipped = g.flip(-1)  # g₁₁, g₀₁, g₀₀
+    # −adj(G) b and −det G: negating both is exact and leaves the ratio as is.
+    minus_adjugate = g[..., 1:2] * b.flip(-1) - flipped[..., ::2] * b  # g₀₁b₁ − g₁₁b₀, g₀₁b₀ − g₀₀b₁
+    minus_det = torch.diff(g[..., :2] * flipped[..., :2], dim=-1)  # (..., k − 1, 1): g₀₁² − g₀₀g₁₁
+    good = minus_det < 0
+    return minus_adjugate * (torch.where(good, minus_det, 1.0).reciprocal() * good)
+
+
 def solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Solve ``G z = b`` for symmetric positive definite ``G`` ``(..., p, p)``.
 
