@@ -252,7 +252,7 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         c_of_both = c.unsqueeze(-1)
         # The scale stands still: its part of the convergence test, once.
         scale_settled = (s - s).abs() <= tol * s
-    products = column_products(X)
+    products = column_products(X, unit_first=intercept)
     column_max = Xt.abs().amax(-1)  # (..., p)
     y_max = yy.abs().amax(-1)
     response = yy.unsqueeze(-2)
