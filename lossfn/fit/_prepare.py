@@ -260,11 +260,12 @@ def tracked_middle_pair(
     size = min(WINDOW, m)
     window = a.new_full(a.shape[:-1] + (m + 1,), math.inf).scatter(-1, slot, a)
     ordered = window[..., 1 : size + 1].sort(dim=-1).values
-    found = ordered.gather(-1, (ranks - below.sum(-1, keepdim=True)).clamp(0, size - 1))
+    # Counts as int32: summing bools into int64 is the slower cast.
+    found = ordered.gather(-1, (ranks - below.sum(-1, keepdim=True, dtype=torch.int32)).clamp(0, size - 1))
     # v is the k-th smallest iff #(a < v) ≤ k < #(a ≤ v): the rank test, which
     # also accepts a window crowded by ties (duplicated points keep equal residuals).
-    below_found = (a.unsqueeze(-2) < found.unsqueeze(-1)).sum(-1)
-    through_found = (a.unsqueeze(-2) <= found.unsqueeze(-1)).sum(-1)
+    below_found = (a.unsqueeze(-2) < found.unsqueeze(-1)).sum(-1, dtype=torch.int32)
+    through_found = (a.unsqueeze(-2) <= found.unsqueeze(-1)).sum(-1, dtype=torch.int32)
     exact = ((below_found <= ranks) & (through_found > ranks)).all(-1)
     # Not exact: the window itself, which brackets the pair (lower ≥ low,
     # upper ≤ high), so that the next window still holds it.
