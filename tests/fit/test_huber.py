@@ -423,3 +423,35 @@ def test_exact_fit_converges_at_the_scale_of_its_own_residuals():
     residuals = y.numpy() - res.intercept.item() - res.slope.item() * x.numpy()
     mad_rule = np.median(np.abs(residuals)) / norm.ppf(0.75)
     assert 0.5 * mad_rule <= res.scale.item() <= 2 * mad_rule
+
+
+@pytest.mark.parametrize("p, unit_first", [(2, True), (2, False), (3, True), (6, True)])
+def test_weighted_solves_match_numpy_solve(p, unit_first):
+    # The IRLS and Newton systems (Xᵀ diag(v) X) z = Xᵀ u of one step, against
+    # numpy's dense solve; a Gram matrix that is singular (all weights 0 but
+    # one point) gives z = 0 instead of an error.
+    from lossfn.fit._wls import column_products, weighted_solves
+
+    g = torch.Generator().manual_seed(p)
+    B, m = 5, 30
+    X = torch.randn(B, m, p, generator=g, dtype=F64)
+    if unit_first:
+        X[..., 0] = (torch.rand(B, m, generator=g) < 0.9).to(F64)  # intercept weight, some masked
+        X[..., 1:] *= X[..., :1]
+    weights = torch.rand(B, 2, m, generator=g, dtype=F64)
+    weights[:, 1] = weights[:, 1].round()
+    weights[0, 1] = 0.0
+    weights[0, 1, 3] = 1.0  # rank one: not positive definite
+    u = torch.randn(B, 1, m, generator=g, dtype=F64)
+    Xt = X.mT.contiguous()
+    products = column_products(X, unit_first=unit_first)
+    z = weighted_solves(X, Xt, products, torch.cat([weights, u], dim=-2))
+    assert z.shape == (B, 2, p)
+    Xn, wn, un = X.numpy(), weights.numpy(), u[:, 0].numpy()
+    for b in range(B):
+        for k in range(2):
+            if b == 0 and k == 1:
+                assert (z[b, k] == 0).all()
+                continue
+            gram = Xn[b].T @ (wn[b, k, :, None] * Xn[b])
+            np.testing.assert_allclose(z[b, k].numpy(), np.linalg.solve(gram, Xn[b].T @ un[b]), rtol=1e-9, atol=1e-12)
