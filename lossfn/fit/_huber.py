@@ -267,7 +267,8 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         # is exact once it sees the final inlier set. Keep the better one.
         # One product gives both Gram matrices and the right-hand side.
         irls = c / torch.maximum(a, c)  # exactly 1 (c/c) on the inliers, < 1 off them
-        psi = torch.minimum(torch.maximum(r, -c), c)  # clamp(r, −c, c), ~2x faster with tensor bounds
+        # ψ = clamp(r, −c, c); minimum/maximum run ~2x faster than clamp with tensor bounds.
+        psi = torch.minimum(torch.maximum(r, -c), c)
         steps = weighted_solves(X, Xt, products, torch.stack(
             [irls, irls.floor(), psi], dim=-2))  # (..., 2, p): IRLS, Newton
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.

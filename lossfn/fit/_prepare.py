@@ -261,7 +261,8 @@ def tracked_middle_pair(
     window = a.new_full(a.shape[:-1] + (m + 1,), math.inf).scatter(-1, slot, a)
     ordered = window[..., 1 : size + 1].sort(dim=-1).values
     # Counts as int32: summing bools into int64 is the slower cast.
-    found = ordered.gather(-1, (ranks - below.sum(-1, keepdim=True, dtype=torch.int32)).clamp(0, size - 1))
+    n_below = below.sum(-1, keepdim=True, dtype=torch.int32)
+    found = ordered.gather(-1, (ranks - n_below).clamp(0, size - 1))
     # v is the k-th smallest iff #(a < v) ≤ k < #(a ≤ v): the rank test, which
     # also accepts a window crowded by ties (duplicated points keep equal residuals).
     below_found = (a.unsqueeze(-2) < found.unsqueeze(-1)).sum(-1, dtype=torch.int32)

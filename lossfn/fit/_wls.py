@@ -103,11 +103,13 @@ def weighted_solves(
     # Σv·x₀ = Σv·x₀², Σv·x₁ = Σv·x₀x₁, Σv·x₁² (q = 3, unit first column).
     sums = (products @ rows.mT).mT
     g = sums[..., :-1, :3]  # (..., k − 1, 3): g₀₀, g₀₁, g₁₁
-    b = sums[..., -1:, :2] if products.shape[-2] == 3 else sums[..., -1:, 3:]  # (..., 1, 2): b₀, b₁
+    # (..., 1, 2): b₀, b₁
+    b = sums[..., -1:, :2] if products.shape[-2] == 3 else sums[..., -1:, 3:]
     flipped = g.flip(-1)  # g₁₁, g₀₁, g₀₀
-    # −adj(G) b and −det G: negating both is exact and leaves the ratio as is.
-    minus_adjugate = g[..., 1:2] * b.flip(-1) - flipped[..., ::2] * b  # g₀₁b₁ − g₁₁b₀, g₀₁b₀ − g₀₀b₁
-    minus_det = torch.diff(g[..., :2] * flipped[..., :2], dim=-1)  # (..., k − 1, 1): g₀₁² − g₀₀g₁₁
+    # −adj(G) b = (g₀₁b₁ − g₁₁b₀, g₀₁b₀ − g₀₀b₁) and −det G = g₀₁² − g₀₀g₁₁
+    # (..., k − 1, 1): negating both is exact and leaves the ratio as is.
+    minus_adjugate = g[..., 1:2] * b.flip(-1) - flipped[..., ::2] * b
+    minus_det = torch.diff(g[..., :2] * flipped[..., :2], dim=-1)
     good = minus_det < 0
     return minus_adjugate * (torch.where(good, minus_det, 1.0).reciprocal() * good)
 

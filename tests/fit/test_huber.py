@@ -454,4 +454,5 @@ def test_weighted_solves_match_numpy_solve(p, unit_first):
                 assert (z[b, k] == 0).all()
                 continue
             gram = Xn[b].T @ (wn[b, k, :, None] * Xn[b])
-            np.testing.assert_allclose(z[b, k].numpy(), np.linalg.solve(gram, Xn[b].T @ un[b]), rtol=1e-9, atol=1e-12)
+            expected = np.linalg.solve(gram, Xn[b].T @ un[b])
+            np.testing.assert_allclose(z[b, k].numpy(), expected, rtol=1e-9, atol=1e-12)
