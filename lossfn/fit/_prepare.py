@@ -189,23 +189,32 @@ def middle_pair(a: torch.Tensor, present: Optional[torch.Tensor]) -> MiddlePair:
     """
     m = a.shape[-1]
     if present is None:
-        # torch.median selects the lower middle value (and propagates nan); the
-        # upper one is a tie of it or the next value up: two cheap passes.
-        lower = a.median(dim=-1, keepdim=True).values
-        if m % 2:
-            upper = lower
-        else:
-            tied = (a <= lower).sum(-1, keepdim=True) > m // 2
-            upper = torch.where(tied, lower, torch.where(a > lower, a, math.inf).amin(-1, keepdim=True))
-        return MiddlePair(lower.squeeze(-1), upper.squeeze(-1), torch.ones_like(lower.squeeze(-1), dtype=torch.bool))
-    # Absent entries are 0 and rank first, so the pair sits |absent| places up.
-    k_lo, k_hi = _middle_ranks(present, m, a)
-    ordered = a.sort(dim=-1).values
-    lower = ordered.gather(-1, k_lo.unsqueeze(-1)).squeeze(-1)
-    upper = ordered.gather(-1, k_hi.unsqueeze(-1)).squeeze(-1)
-    undefined = (present.sum(-1) == 0) | (torch.isnan(a) & present).any(-1)
-    lower, upper = torch.where(undefined, math.nan, lower), torch.where(undefined, math.nan, upper)
-    return MiddlePair(lower, upper, torch.ones_like(undefined))
+        filled, before = a, (m - 1) // 2
+    else:
+        # Absent entries go to the ends, `before` of them to −inf and the rest
+        # to +inf, so that the lower middle of all m values, rank ⌊(m−1)/2⌋, is
+        # that of the n present ones, rank before + ⌊(n−1)/2⌋: then one
+        # selection serves every dataset, ~2x faster than a sort.
+        n = present.sum(-1, keepdim=True)
+        before = (m - 1) // 2 - (n - 1) // 2
+        spread = torch.where((~present).cumsum(-1) <= before, -math.inf, math.inf)
+        filled = torch.where(present, a, spread)
+        before = before + (n - 1) // 2
+    # torch.median selects the lower middle value (and propagates nan); the
+    # upper one is a tie of it or the next value up: two cheap passes.
+    lower = filled.median(dim=-1, keepdim=True).values
+    if present is None and m % 2:
+        upper = lower
+    else:
+        # The upper middle has rank before + 1 for an even count, `before` for an odd one.
+        upper_rank = before + (1 if present is None else (n + 1) % 2)
+        tied = (filled <= lower).sum(-1, keepdim=True, dtype=torch.int32) > upper_rank
+        upper = torch.where(tied, lower, torch.where(filled > lower, filled, math.inf).amin(-1, keepdim=True))
+    lower, upper = lower.squeeze(-1), upper.squeeze(-1)
+    if present is not None:
+        undefined = (present.sum(-1) == 0) | (torch.isnan(a) & present).any(-1)
+        lower, upper = torch.where(undefined, math.nan, lower), torch.where(undefined, math.nan, upper)
+    return MiddlePair(lower, upper, torch.ones_like(lower, dtype=torch.bool))
 
 
 #: Entries of the window that :func:`tracked_middle_pair` ranks exactly: every
