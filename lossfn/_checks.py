@@ -34,14 +34,19 @@ REDUCTIONS = ("mean", "sum", "none")
 Scalar = Union[float, int, torch.Tensor]
 
 
+def check_choice(fn: str, name: str, value: object, choices: tuple, hint: str = "") -> object:
+    """Return ``value`` if it is one of ``choices``; else a ValueError naming them (and ``hint``)."""
+    if value not in choices:
+        raise ValueError(
+            f"{fn}: {name} must be one of {choices}, got {value!r}." + (f" {hint}" if hint else "")
+        )
+    return value
+
+
 def check_reduction(fn: str, reduction: str) -> str:
     """Return ``reduction`` if it is one of ``"mean"``, ``"sum"``, ``"none"``."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(
-            f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}. "
-            "Use 'none' to get the per-element values."
-        )
-    return reduction
+    return check_choice(fn, "reduction", reduction, REDUCTIONS,
+                        "Use 'none' to get the per-element values.")
 
 
 def check_float_tensor(fn: str, name: str, value: object) -> torch.Tensor:

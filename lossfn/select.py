@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 from . import location as _location
-from ._checks import check_float_tensor, check_mask
+from ._checks import check_choice, check_float_tensor, check_mask
 from .nll import gaussian_nll, huber_nll, laplace_nll
 
 __all__ = [
@@ -211,10 +211,7 @@ def max_loglik(
         ...                    torch.tensor(-(math.log(2 * math.pi) + 1), dtype=torch.float64)))
         True
     """
-    if noise not in NOISE_MODELS:
-        raise ValueError(
-            f"max_loglik: noise must be one of {NOISE_MODELS}, got {noise!r}."
-        )
+    check_choice("max_loglik", "noise", noise, NOISE_MODELS)
     present = _present("max_loglik", residuals, mask)
     # Padding is never read by the estimators, but it enters the per-element NLL:
     # make it a harmless 0 there and drop it from the sum.

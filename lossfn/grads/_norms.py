@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
+from .._checks import check_choice
 from ..losses import mse
 from ._setup import Model, Params, Setup, prepare
 from ._linear_stack import grad_norm_method, linear_pass, why_not
@@ -97,8 +98,7 @@ def per_sample_grad_norms(
         learners" (ICLR 2022), ghost clipping.
     """
     fn = "per_sample_grad_norms"
-    if method not in _METHODS:
-        raise ValueError(f"{fn}: method must be one of {_METHODS}, got {method!r}.")
+    check_choice(fn, "method", method, _METHODS)
     setup = prepare(fn, model, inputs, targets, loss, params, chunk_size)
     why = why_not(model, inputs)
     if method == "ghost" and why:

@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from torch.func import grad, vmap
 
+from .._checks import check_choice
 from ..losses import mse
 from ._setup import Model, Params, Setup, prepare
 from ._linear_stack import linear_pass, why_not
@@ -109,8 +110,7 @@ def per_sample_grads(
         per-example gradient computations" (arXiv:1510.01799, 2015).
     """
     fn = "per_sample_grads"
-    if method not in _METHODS:
-        raise ValueError(f"{fn}: method must be one of {_METHODS}, got {method!r}.")
+    check_choice(fn, "method", method, _METHODS)
     setup = prepare(fn, model, inputs, targets, loss, params, chunk_size)
     why = why_not(model, inputs)
     if method == "outer" and why:

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .._checks import as_parameter, check_pair, check_reduction, check_weight
+from .._checks import as_parameter, check_choice, check_pair, check_reduction, check_weight
 from .._errors import ShapeError
 
 __all__ = ["pred_grad", "LOSS_NAMES"]
@@ -20,12 +20,8 @@ Param = Union[float, torch.Tensor]
 
 
 def check_loss_name(fn: str, loss: object) -> str:
-    if loss not in LOSS_NAMES:
-        raise ValueError(
-            f"{fn}: loss must be one of {LOSS_NAMES}, got {loss!r}. For another loss "
-            "use torch.func.grad on it."
-        )
-    return loss
+    """Return ``loss`` if it names a loss with a closed-form derivative here."""
+    return check_choice(fn, "loss", loss, LOSS_NAMES, "For another loss use torch.func.grad on it.")
 
 
 def derivative(residual: torch.Tensor, loss: str, delta: Param) -> torch.Tensor:
