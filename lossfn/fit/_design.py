@@ -26,7 +26,8 @@ import torch
 
 from .._checks import check_regression_data
 
-__all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks"]
+__all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
+           "packed_symmetric_index"]
 
 
 class Data(NamedTuple):
@@ -67,6 +68,18 @@ def noise_floor(centre: torch.Tensor, n: torch.Tensor, eps: Optional[float] = No
     """
     eps = torch.finfo(centre.dtype).eps if eps is None else eps
     return 8 * eps * centre.abs() * n.sqrt()
+
+
+def packed_symmetric_index(k: int) -> list:
+    """Where entry ``(i, j)`` of a symmetric ``k × k`` matrix sits in its packed upper triangle.
+
+    The packed layout holds row ``i``'s entries ``j ≥ i`` one row after the
+    other (``(0,0), (0,1), …, (0,k−1), (1,1), …``). Returns the ``k²`` positions
+    in row-major order, so that ``packed[..., index].unflatten(-1, (k, k))`` is
+    the full, exactly symmetric matrix.
+    """
+    first = [i * k - i * (i - 1) // 2 for i in range(k)]  # row i's first entry
+    return [first[min(i, j)] + abs(i - j) for i in range(k) for j in range(k)]
 
 
 class Moments(NamedTuple):

@@ -60,7 +60,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._design import noise_floor
+from ._design import noise_floor, packed_symmetric_index
 
 __all__ = ["Solution", "centred_grams", "solve_grams", "padded_rows", "points_last"]
 
@@ -122,9 +122,7 @@ def _gram(a: torch.Tensor, k: int, offset: Optional[torch.Tensor], n: torch.Tens
         # The upper triangle row by row, packed, then mirrored by one gather:
         # exactly symmetric, and few operations on the whole block.
         packed = torch.cat([a[..., i : i + 1, :] @ a[..., i:k, :].mT for i in range(k)], dim=-1)
-        start = [i * k - i * (i - 1) // 2 for i in range(k)]  # row i's first entry
-        mirror = [start[min(i, j)] + abs(i - j) for i in range(k) for j in range(k)]
-        index = torch.tensor(mirror, device=a.device)
+        index = torch.tensor(packed_symmetric_index(k), device=a.device)
         gram = packed.squeeze(-2).index_select(-1, index).unflatten(-1, (k, k))
     else:
         gram = (a @ a.mT)[..., :k, :k]

@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._design import packed_symmetric_index
+
 
 def fitted(Xt: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """``X β`` per dataset: ``(..., p, m), (..., p) -> (..., m)``."""
@@ -76,10 +78,8 @@ def weighted_grams(
         grams = (Xt @ weighted.mT).mT.unflatten(-2, (-1, p))
         return grams, rows[..., -1:, :] @ X
     sums = rows @ products  # (..., k, q): one batched product over the data
-    # Column of the sum of x_j·x_k (j ≤ k, in triu order) for every (j, k).
-    first = [j * p - j * (j - 1) // 2 for j in range(p)]
-    pair = [first[min(j, k)] + abs(k - j) for j in range(p) for k in range(p)]
-    grams = sums[..., :-1, pair].unflatten(-1, (p, p))
+    # The sums of x_j·x_k (j ≤ k) come packed in triu order: mirror them.
+    grams = sums[..., :-1, packed_symmetric_index(p)].unflatten(-1, (p, p))
     return grams, sums[..., -1:, -p:]
 
 
