@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
+from ..location import next_order_statistic
 from ._design import in_blocks, noise_floor, prepare
 from ._wls import fitted
 
@@ -208,8 +209,7 @@ def middle_pair(a: torch.Tensor, present: Optional[torch.Tensor]) -> MiddlePair:
     else:
         # The upper middle has rank before + 1 for an even count, `before` for an odd one.
         upper_rank = before + (1 if present is None else (n + 1) % 2)
-        tied = (filled <= lower).sum(-1, keepdim=True, dtype=torch.int32) > upper_rank
-        upper = torch.where(tied, lower, torch.where(filled > lower, filled, math.inf).amin(-1, keepdim=True))
+        upper = next_order_statistic(filled, lower, upper_rank - 1)
     lower, upper = lower.squeeze(-1), upper.squeeze(-1)
     if present is not None:
         undefined = (present.sum(-1) == 0) | (torch.isnan(a) & present).any(-1)
