@@ -42,12 +42,14 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["batcher_comparators", "selection_network", "middle", "ranked", "network_pays",
-           "tile_rows"]
+__all__ = ["batcher_comparators", "selection_network", "middle", "ranked", "sort_values",
+           "network_pays", "tile_rows",
+           "by_tiles"]
 
 #: Up to this many points per row the network was measured faster than
 #: ``torch.median`` (1.6x at m = 128 with 10⁵ rows; its size grows as m·log²m).
@@ -167,7 +169,7 @@ def middle(x: torch.Tensor) -> torch.Tensor:
             return lower
         return 0.5 * lower + 0.5 * upper  # halve first: the rounded midpoint, no overflow
 
-    return _by_tiles(tile_median, x)
+    return by_tiles(tile_median, x)
 
 
 def ranked(x: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
@@ -190,27 +192,49 @@ def ranked(x: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
         tensor([[1., 4.],
                 [0., 0.]])
     """
-    m, k = x.shape[-1], ranks.shape[-1]
-    comparators, wires = selection_network(m, tuple(range(m)))
+    k = ranks.shape[-1]
 
     def tile_ranked(tile: torch.Tensor, tile_ranks: torch.Tensor) -> torch.Tensor:
-        columns = _run(comparators, tile)
-        ordered = torch.stack([columns[w] for w in wires])  # (m, n): sorted down each column
+        ordered = _sorted_columns(tile)  # (m, n): sorted down each column
         return ordered.gather(0, tile_ranks.reshape(-1, k).T).T
 
-    return _by_tiles(tile_ranked, x, ranks).reshape(ranks.shape)
+    return by_tiles(tile_ranked, x, ranks).reshape(ranks.shape)
 
 
-def _by_tiles(fn, x: torch.Tensor, *per_row: torch.Tensor) -> torch.Tensor:
+def sort_values(x: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` ``(..., m)`` sorted ascending, by the full sorting network.
+
+    The same values as ``x.sort(dim=-1).values`` for rows without nan (a row with
+    a nan gives unspecified values); 2–3x faster than it where
+    :func:`network_pays`.
+
+    Example:
+        >>> import torch
+        >>> sort_values(torch.tensor([[4.0, 1.0, 3.0], [0.0, -1.0, 5.0]]))
+        tensor([[ 1.,  3.,  4.],
+                [-1.,  0.,  5.]])
+    """
+    return by_tiles(lambda tile: _sorted_columns(tile).T.contiguous(), x)
+
+
+def _sorted_columns(tile: torch.Tensor) -> torch.Tensor:
+    """``(m, n)``: the rows of ``tile`` ``(n, m)`` sorted, one per column."""
+    comparators, wires = selection_network(tile.shape[-1], tuple(range(tile.shape[-1])))
+    columns = _run(comparators, tile)
+    return torch.stack([columns[w] for w in wires])
+
+
+def by_tiles(fn, x: torch.Tensor, *per_row: torch.Tensor,
+             elements: Optional[int] = None) -> torch.Tensor:
     """``fn(rows, *per_row)`` over tiles of the rows of ``x`` ``(..., m)``, concatenated.
 
-    Tiles (:func:`tile_rows`) bound the working memory; the result is the same for
-    any tiling.
+    Tiles of about ``elements`` values (default :func:`tile_rows`) bound the
+    working memory and keep it in cache; the result is the same for any tiling.
     """
     m = x.shape[-1]
-    rows = x.reshape(-1, m)
+    rows = x.reshape(math.prod(x.shape[:-1]), m)
     extra = [r.reshape(rows.shape[0], -1) for r in per_row]
-    step = tile_rows(m)
+    step = tile_rows(m) if elements is None else max(1, elements // max(m, 1))
     if rows.shape[0] <= step:
         out = fn(rows, *extra)
     else:

@@ -42,6 +42,11 @@ __all__ = [
 MAD_TO_SIGMA = 0.6744897501960817
 
 
+#: Values per tile of :func:`huber_location`'s root: its ~40 passes over a tile
+#: then run from cache (measured 1.3–1.5x faster than one pass over 10⁵ rows).
+HUBER_TILE_ELEMENTS = 1 << 18
+
+
 class LocationScale(NamedTuple):
     """A location estimate and a scale estimate, one entry per sample."""
 
@@ -287,56 +292,93 @@ def mad_scale(
 
 
 def _huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Exact root μ of ``g(μ) = Σ w_i clip(r_i − μ, −c, c)``, batched.
+    r"""Exact root μ of ``g(μ) = Σ w_i clip(r_i − μ, −c, c)``, batched, for ``c > 0``.
 
-    ``g`` is continuous, non-increasing and linear between the breakpoints
-    ``r_i ± c``. Evaluating it at every breakpoint with prefix sums and finding
-    the sign change locates the segment holding the root; on that segment
-    ``g(μ) = c·(n_high − n_low) + Σ_mid r − μ·n_mid``, which is solved in closed
-    form. No iteration, no data-dependent control flow.
+    ``r`` is ``(..., m)``, centred at its median; ``w`` its 0/1 weights; ``c``
+    ``(...)``. ``g`` is continuous, non-increasing and linear between the knots
+    ``r_i ± c``. With the ``n`` present points sorted, ``r_(0) ≤ … ≤ r_(n−1)``,
+    and ``S(a, b) = Σ_{a≤i<b} r_(i)``, ``g`` at every knot takes one count each:
+
+    * at ``μ = r_(j) − c``, with ``a_j = #{r < μ − c}``:
+      ``g = c·(n − 2a_j) + S(a_j, j) − (j − a_j)·r_(j)``;
+    * at ``μ = r_(j) + c``, with ``e_j = #{r ≤ μ + c}``:
+      ``g = c·(n − 2e_j) + S(j + 1, e_j) − (e_j − j − 1)·r_(j)``.
+
+    The largest knot with ``g > 0`` and the smallest with ``g ≤ 0`` bound the
+    segment holding the root. No knot lies inside it, so the points below,
+    inside and above the band ``[μ − c, μ + c]`` are fixed there: ``n_low`` high
+    knots and ``n − J`` low knots lie outside it (``J`` counts the low knots
+    with ``g > 0``), and the band holds the sorted places ``[n_low, J)``. On the
+    segment ``g(μ) = c·(n_high − n_low) + S(n_low, J) − μ·(J − n_low)``, whose
+    root is solved in closed form, at full precision even when ``c`` dwarfs the
+    data (interpolating between knots ``±c`` apart would not). Where ``g``
+    vanishes on a whole interval, its upper end comes the same way from
+    ``g ≥ 0`` / ``g < 0``, and the midpoint of the two roots is returned, as the
+    median does for an even count. No iteration, no data-dependent control flow.
+
+    ``S`` comes from prefix sums taken outward from the middle place, so an
+    outlier far out in a tail never enters the sums near the root, where the
+    signs of ``g`` matter (the root lies within ``c`` of the median).
     """
+    if r.shape[-1] == 0:  # no points: no root (a rule on the shape)
+        return r.new_full(r.shape[:-1], math.nan)
+    return _selection.by_tiles(_huber_root_rows, r, w, c.expand(r.shape[:-1]).unsqueeze(-1),
+                               elements=HUBER_TILE_ELEMENTS)
+
+
+def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """:func:`_huber_root` of the rows ``(rows, m)`` of ``r``; ``c`` is ``(rows, 1)``."""
     present = w > 0
-    n = w.sum(-1, keepdim=True)
-    ordered, order = torch.where(present, r, math.inf).sort(dim=-1)
-    weight = w.gather(-1, order)
+    m = r.shape[-1]
+    filled = torch.where(present, r, math.inf)
+    # Absent points sort last as +inf: the first n sorted places are the present ones.
+    if _selection.network_pays(filled):
+        ordered = _selection.sort_values(filled)
+    else:
+        ordered = filled.sort(dim=-1).values
+    n = present.sum(-1, keepdim=True)
+    place = torch.arange(m, device=r.device)
+    counted = place < n
+    sums = _outward_prefix_sums(ordered, place, counted, n // 2)
+    low_knots, high_knots = ordered - c, ordered + c
+    below = torch.searchsorted(ordered, low_knots - c, right=False)  # a_j
+    upto = torch.searchsorted(ordered, high_knots + c, right=True)  # e_j
+    g_low = c * (n - 2 * below) + (sums[..., :-1] - sums.gather(-1, below) - (place - below) * ordered)
+    g_high = c * (n - 2 * upto) + (sums.gather(-1, upto) - sums[..., 1:] - (upto - place - 1) * ordered)
+    # Column 0: the lower root (g > 0 on the left); column 1: the upper one (g ≥ 0).
+    left = torch.cat([((g_low > 0) & counted).sum(-1, keepdim=True),
+                      ((g_low >= 0) & counted).sum(-1, keepdim=True)], dim=-1)
+    n_low = torch.cat([((g_high > 0) & counted).sum(-1, keepdim=True),
+                       ((g_high >= 0) & counted).sum(-1, keepdim=True)], dim=-1)
+    n_band, n_high = left - n_low, n - left
+    root = (c * (n_high - n_low) + sums.gather(-1, left) - sums.gather(-1, n_low)) / n_band
+    # The segment's ends, for rounding: the root stays inside, and a band found
+    # empty (then g ≈ 0 on the whole segment) takes the segment's midpoint.
+    # left ≥ 1 always (g(r_(0) − c) = c·n) and n_low ≤ n − 1 (g(r_(n−1) + c) = −c·n).
+    last = m - 1
+    lower = torch.maximum(low_knots.gather(-1, (left - 1).clamp(0, last)),
+                          torch.where(n_low > 0, high_knots.gather(-1, (n_low - 1).clamp(0, last)),
+                                      -math.inf))
+    upper = torch.minimum(torch.where(left < n, low_knots.gather(-1, left.clamp(max=last)), math.inf),
+                          high_knots.gather(-1, n_low.clamp(max=last)))
+    root = torch.where(n_band > 0, torch.minimum(torch.maximum(root, lower), upper),
+                       0.5 * lower + 0.5 * upper)
+    return 0.5 * root[..., 0] + 0.5 * root[..., 1]
+
+
+def _outward_prefix_sums(ordered: torch.Tensor, place: torch.Tensor, counted: torch.Tensor,
+                         middle: torch.Tensor) -> torch.Tensor:
+    """``(rows, m + 1)`` sums ``T_k`` with ``T_b − T_a = Σ_{a≤i<b} ordered_i``, accumulated outward from ``middle``.
+
+    ``T_k = Σ_{middle≤i<k} x_i − Σ_{k≤i<middle} x_i``: each ``T_k`` adds only the
+    values between the middle place and ``k``, so a difference of two of them
+    near the middle carries no rounding from values far out in the tails (plain
+    prefix sums from the left would carry an outlier's eps·|x|).
+    """
     zero = ordered.new_zeros(ordered.shape[:-1] + (1,))
-    prefix_w = torch.cat([zero, weight.cumsum(-1)], dim=-1)
-    prefix_r = torch.cat([zero, torch.where(weight > 0, ordered, 0.0).cumsum(-1)], dim=-1)
-    cc = c.unsqueeze(-1)
-
-    def pieces(mu: torch.Tensor):
-        """Counts below/inside/above the band ``[μ − c, μ + c]`` and the sum inside."""
-        below = torch.searchsorted(ordered, mu - cc, right=False)  # r < μ − c
-        within = torch.searchsorted(ordered, mu + cc, right=True)  # r ≤ μ + c
-        n_low = prefix_w.gather(-1, below)
-        n_mid = prefix_w.gather(-1, within) - n_low
-        n_high = n - prefix_w.gather(-1, within)
-        s_mid = prefix_r.gather(-1, within) - prefix_r.gather(-1, below)
-        return cc * (n_high - n_low) + s_mid, n_mid
-
-    knots = torch.cat([ordered - cc, ordered + cc], dim=-1).sort(dim=-1).values
-    offset, n_mid = pieces(knots)
-    g = offset - knots * n_mid
-    last = knots.shape[-1] - 1
-
-    def crossing(count: torch.Tensor) -> torch.Tensor:
-        # The root lies between knot count-1 (g above) and knot count (g below).
-        right = count.clamp(1, last).unsqueeze(-1)
-        a, b = knots.gather(-1, right - 1), knots.gather(-1, right)
-        ga, gb = g.gather(-1, right - 1), g.gather(-1, right)
-        interpolated = a + torch.where(ga > gb, ga / (ga - gb), 0.0) * (b - a)
-        # Solving the segment's own linear equation keeps full precision even
-        # when c dwarfs the data (interpolating between knots ±c would not).
-        seg_offset, seg_n = pieces(0.5 * a + 0.5 * b)
-        exact = seg_offset / seg_n
-        inside = (seg_n > 0) & (exact >= a) & (exact <= b)
-        return torch.where(inside, exact, interpolated).squeeze(-1)
-
-    # Where g is zero on a whole segment, every point of it is a root: take the
-    # midpoint, as the median does for an even count.
-    lower = crossing((g > 0).sum(-1))
-    upper = crossing((g >= 0).sum(-1))
-    return 0.5 * lower + 0.5 * upper
+    upper = torch.where(counted & (place >= middle), ordered, 0.0).cumsum(-1)
+    lower = torch.where(place < middle, ordered, 0.0).flip(-1).cumsum(-1).flip(-1)
+    return torch.cat([zero, upper], dim=-1) - torch.cat([lower, zero], dim=-1)
 
 
 def huber_location(

@@ -1,6 +1,7 @@
 """Batched location/scale estimators against numpy, scipy and a root finder."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -54,6 +55,10 @@ def test_empty_and_nan_samples_give_nan_without_poisoning(gen):
         out = fn(x, mask=mask)
         assert torch.isfinite(out[0]) and torch.isnan(out[1]) and torch.isnan(out[2])
     assert location.median(x, mask=mask)[0].item() == np.median(x[0].numpy())
+    no_points = torch.empty(4, 0, dtype=torch.float64)
+    for fn in (location.median, location.mean, location.mad_scale,
+               lambda s: location.huber_location(s).location):
+        assert torch.isnan(fn(no_points)).all() and fn(no_points).shape == (4,)
 
 
 def test_dim_argument(gen):
@@ -106,6 +111,77 @@ def test_huber_location_flat_root_takes_the_midpoint():
     # g(μ) = 0 on [1, 9]: the midpoint is 5, as for the median of two points.
     x = torch.tensor([0.0, 10.0], dtype=torch.float64)
     assert location.huber_location(x, delta=1.0, scale=1.0).location.item() == 5.0
+
+
+def _exact_huber_root(values, c):
+    """Root of Σ clip(x − μ, −c, c) = 0 in exact rational arithmetic; the midpoint where g vanishes on an interval."""
+    xs, c = [Fraction(v) for v in values], Fraction(c)
+    knots = sorted({v - c for v in xs} | {v + c for v in xs})
+    g = [sum(min(max(v - k, -c), c) for v in xs) for k in knots]
+
+    def crossing(past):  # g is linear between knots; the first knot past the root
+        i = next(i for i, gk in enumerate(g) if past(gk))  # i ≥ 1: g(first knot) = c·n > 0
+        a, b, ga, gb = knots[i - 1], knots[i], g[i - 1], g[i]
+        return a + ga / (ga - gb) * (b - a)
+
+    return (crossing(lambda v: v <= 0) + crossing(lambda v: v < 0)) / 2
+
+
+def _contaminated_rows(rng, count, max_m):
+    rows = []
+    for _ in range(count):
+        m = int(rng.integers(1, max_m + 1))
+        x = rng.standard_normal(m) ** 3 * 5
+        x[: int(rng.integers(0, m + 1)) // 3] *= 10.0 ** int(rng.integers(0, 13))  # gross outliers
+        if rng.random() < 0.3:
+            x = np.round(x)  # ties, and roots that sit on knots or flat stretches
+        rows.append(x)
+    return rows
+
+
+@pytest.mark.parametrize("rows", [60, 2100])
+def test_huber_location_is_exact_with_gross_outliers_and_ties(rows):
+    # Outliers up to 1e12 times the bulk: sums that ran through them would carry
+    # eps·1e12 into the root (the previous prefix sums gave errors of 80%).
+    # 2100 rows take the sorting network, 60 rows torch.sort.
+    rng = np.random.default_rng(7)
+    distinct = _contaminated_rows(rng, 60, 30)
+    data = [distinct[i % 60] for i in range(rows)]
+    x = np.full((rows, 30), np.nan)
+    for i, row in enumerate(data):
+        x[i, : len(row)] = row
+    x, mask = torch.from_numpy(x), torch.from_numpy(~np.isnan(x))
+    assert _selection.network_pays(torch.where(mask, x, 0.0)) == (rows > 2048)
+    for scale in (1.0, 1e-3, 1e4):
+        fit = location.huber_location(x, delta=1.345, scale=scale, mask=mask).location
+        for i, row in enumerate(distinct):
+            exact = _exact_huber_root(row, 1.345 * scale)
+            assert abs(fit[i].item() - float(exact)) <= 1e-14 * (abs(float(exact)) + scale), (i, scale)
+    fit = location.huber_location(x, mask=mask)  # the MAD scale
+    for i, row in enumerate(distinct[:20]):
+        s = fit.scale[i].item()  # 0 for a row of ≤ 2 points or mostly ties: then the median
+        exact = _exact_huber_root(row, 1.345 * s) if s > 0 else np.median(row)
+        assert abs(fit.location[i].item() - float(exact)) <= 1e-14 * (abs(float(exact)) + s)
+
+
+def test_huber_location_in_float32_on_the_network():
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((2100, 25)) ** 3 * 5 + 100).astype(np.float32)
+    fit = location.huber_location(torch.from_numpy(x), delta=1.0, scale=2.0).location
+    assert fit.dtype == torch.float32
+    for i in range(0, 2100, 150):
+        exact = float(_exact_huber_root(x[i].astype(np.float64), 2.0))
+        assert abs(fit[i].item() - exact) <= 1e-5 * abs(exact)
+
+
+def test_gradient_of_huber_location_is_the_band_average(gen):
+    # dμ/dx_k = [|x_k − μ| < c] / #band at a fixed scale (implicit differentiation
+    # of Σ clip(x − μ, −c, c) = 0); the median's own gradient cancels.
+    x = torch.randn(2100, 9, generator=gen, dtype=torch.float64) ** 3
+    got = torch.func.grad(lambda a: location.huber_location(a, delta=1.0, scale=0.7).location.sum())(x)
+    mu = location.huber_location(x, delta=1.0, scale=0.7).location
+    band = ((x - mu[:, None]).abs() < 0.7).double()
+    torch.testing.assert_close(got, band / band.sum(-1, keepdim=True), rtol=0, atol=1e-12)
 
 
 def test_vmap_equals_batched(gen):

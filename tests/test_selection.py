@@ -134,3 +134,25 @@ def test_ranked_in_tiles_and_batched(gen, monkeypatch):
     monkeypatch.setattr(_selection, "tile_rows", lambda m: 7)
     torch.testing.assert_close(_selection.ranked(x, ranks), expected, rtol=0, atol=0)
     torch.testing.assert_close(vmap(_selection.ranked)(x, ranks), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_sort_values_equals_torch_sort_for_m_1_to_80(dtype, gen):
+    for m in range(1, 81):
+        x = _mixed(m, 30, gen, dtype)
+        got = _selection.sort_values(x)
+        assert got.dtype == dtype and got.is_contiguous()
+        torch.testing.assert_close(got, x.sort(dim=-1).values, rtol=0, atol=0)
+
+
+def test_sort_values_in_tiles_batched_and_under_vmap(gen, monkeypatch):
+    x = torch.randn(2, 3, 40, 6, generator=gen)
+    expected = x.sort(dim=-1).values
+    torch.testing.assert_close(_selection.sort_values(x), expected, rtol=0, atol=0)
+    monkeypatch.setattr(_selection, "tile_rows", lambda m: 7)
+    torch.testing.assert_close(_selection.sort_values(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(vmap(_selection.sort_values)(x), expected, rtol=0, atol=0)
+    # An explicit tile size takes precedence: 5 values are one row of 5 per tile.
+    rows = torch.randn(11, 5, generator=gen)
+    tiled = _selection.by_tiles(lambda t: t.sum(-1, keepdim=True) * t.shape[0], rows, elements=5)
+    torch.testing.assert_close(tiled, rows.sum(-1, keepdim=True))
