@@ -22,7 +22,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_fit_options
-from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
+from ._design import (Data, in_blocks, moments, noise_floor, power_of_two_scale, prepare,
+                      zero_absent)
 from ._solve import centred_grams, padded_rows, points_last, solve_grams
 
 __all__ = ["OLSFit", "ols"]
@@ -70,6 +71,11 @@ def ols(
     scaled to unit norm and solved by shifted CholeskyQR2 on batched Gram
     matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
     StRD problems (Filip included) and never truncates the rank silently.
+    float32 works at any scale of the data, not only where its squares fit in
+    float32 (about 1e-19 to 1e19): one predictor is brought to a power-of-two
+    unit of its size (exact), several get their Gram matrices in float64 on the
+    CPU. ``sigma2`` alone can then round to 0 or inf, where its true value lies
+    outside float32's range.
     Degenerate datasets give nan fields and ``ok=False``; they never raise and
     never touch the other datasets. Runs under ``torch.func.vmap`` and
     autograd; dtype and device follow the inputs.
@@ -113,23 +119,29 @@ def _finish(
     beta: torch.Tensor,
     ssr: torch.Tensor,
     stderr: torch.Tensor,
-    total: torch.Tensor,
+    unexplained: torch.Tensor,
     p: int,
     full_rank: torch.Tensor,
+    residual_norm: torch.Tensor,
 ) -> OLSFit:
-    """Assemble the record; nan out every float field of a failed dataset."""
+    """Assemble the record; nan out every float field of a failed dataset.
+
+    ``unexplained`` is SSR over the total sum of squares, ``residual_norm`` √SSR:
+    both are representable wherever the data are. σ̂² = SSR/n rounds to 0 or
+    overflows only where its true value lies outside the dtype's range (float32
+    data of scale below ~1e-19 or above ~1e19), and the fit stays ok.
+    """
     n = data.n
-    # nan/inf anywhere in a present point reaches these sums: one check suffices.
+    # nan/inf anywhere in a present point reaches these: one check suffices.
     slopes = beta if data.simple else beta.sum(-1)
-    ok = full_rank & (n >= p) & torch.isfinite(alpha + slopes + ssr)
-    r2 = 1 - ssr / total
+    ok = full_rank & (n >= p) & torch.isfinite(alpha + slopes + residual_norm)
     # 0 for a good dataset, nan for a failed one: adding it leaves good values
     # bit-exact and turns every field of a failed one into nan.
     poison = torch.where(ok, 0.0, torch.nan).to(alpha.dtype)
     per_coef = poison if data.simple else poison.unsqueeze(-1)
     return OLSFit(
         alpha + poison, beta + per_coef, ssr / n + poison, stderr + poison.unsqueeze(-1),
-        r2 + poison, n.to(torch.int64), ok,
+        1 - unexplained + poison, n.to(torch.int64), ok,
     )
 
 
@@ -138,30 +150,48 @@ def _unbiased(ssr: torch.Tensor, n: torch.Tensor, p: int) -> torch.Tensor:
     return torch.where(n > p, ssr / (n - p), torch.nan)
 
 
+def _residual_sd(residual_norm: torch.Tensor, n: torch.Tensor, p: int) -> torch.Tensor:
+    """``s = √(SSR/(n − p))`` from ``√SSR``, without squaring it (no over/underflow)."""
+    return residual_norm / torch.where(n > p, n - p, torch.nan).sqrt()
+
+
 def _simple(data: Data) -> OLSFit:
     mo = moments(data)
     n = data.n
     beta = mo.slope
     alpha = mo.mean_y - beta * mo.mean_x
-    s2 = _unbiased(mo.ssr, n, 2)
-    stderr = torch.stack(
-        [(s2 * (1 / n + mo.mean_x**2 / mo.sxx)).sqrt(), (s2 / mo.sxx).sqrt()], dim=-1
-    )
-    varies = mo.sxx.sqrt() > noise_floor(mo.mean_x, n)
-    return _finish(data, alpha, beta, mo.ssr, stderr, mo.syy, 2, varies)
+    s = _residual_sd(mo.residual_norm, n, 2)
+    relative_x = mo.mean_x / mo.norm_x
+    stderr = torch.stack([s * (1 / n + relative_x * relative_x).sqrt(), s / mo.norm_x], dim=-1)
+    # A norm that overflowed (float32 data spanning > ~1e15, see _design._centred)
+    # would leave a slope of 0: not ok.
+    varies = (mo.norm_x > noise_floor(mo.mean_x, n)) & torch.isfinite(mo.norm_x)
+    return _finish(data, alpha, beta, mo.ssr, stderr, mo.unexplained, 2, varies, mo.residual_norm)
 
 
 def _simple_origin(data: Data) -> OLSFit:
+    # In units of powers of two (exact): sums of squares cannot over/underflow.
     x = zero_absent(data.x, data.present)
     y = zero_absent(data.y, data.present)
+    # float32 in power-of-two units (exact), so that the sums of squares cannot
+    # over- or underflow (see _design._centred); a rare path: a full pass each.
+    scale_x = scale_y = None
+    if x.dtype == torch.float32:
+        scale_x, scale_y = (power_of_two_scale(v.abs().sum(-1)) for v in (x, y))
+        x, y = x * scale_x.unsqueeze(-1), y * scale_y.unsqueeze(-1)
     sxx = torch.linalg.vecdot(x, x)
     beta = torch.linalg.vecdot(x, y) / sxx
     e = torch.addcmul(y, x, beta.unsqueeze(-1), value=-1)
-    ssr = torch.linalg.vector_norm(e, dim=-1).square()
-    stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt().unsqueeze(-1)
-    return _finish(
-        data, torch.zeros_like(beta), beta, ssr, stderr, torch.linalg.vecdot(y, y), 1, sxx > 0
-    )
+    ssr = torch.linalg.vecdot(e, e)
+    stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt()
+    if scale_x is not None:  # β = β'·s_x/s_y for the scaled data's β'
+        beta, stderr = beta * (scale_x / scale_y), stderr * (scale_x / scale_y)
+    unexplained = ssr / torch.linalg.vecdot(y, y)
+    ssr_root = ssr.sqrt()
+    if scale_y is not None:
+        ssr, ssr_root = ssr / scale_y / scale_y, ssr_root / scale_y
+    return _finish(data, torch.zeros_like(beta), beta, ssr, stderr.unsqueeze(-1), unexplained, 1,
+                   (sxx > 0) & torch.isfinite(sxx), ssr_root)
 
 
 def _precision(x: torch.Tensor):
@@ -239,7 +269,8 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
-    alpha, coef, ssr, stderr, total = (
-        v.to(data.y.dtype) for v in (alpha, sol.coef, sol.ssr, stderr, sol.total)
+    alpha, coef, ssr, stderr, unexplained, residual_norm = (
+        v.to(data.y.dtype)
+        for v in (alpha, sol.coef, sol.ssr, stderr, sol.ssr / sol.total, sol.ssr.sqrt())
     )
-    return _finish(data, alpha, coef, ssr, stderr, total, p, sol.full_rank)
+    return _finish(data, alpha, coef, ssr, stderr, unexplained, p, sol.full_rank, residual_norm)

@@ -67,13 +67,14 @@ def standardized(
         )
     mo = moments(data)
     n = data.n
-    syy = mo.syy
-    rho = mo.sxy / (mo.sxx * syy).sqrt()
-    std_x, std_y = (mo.sxx / n).sqrt(), (syy / n).sqrt()
+    rho = mo.corr
+    std_x, std_y = mo.norm_x / n.sqrt(), mo.norm_y / n.sqrt()
     ok = (
-        (mo.sxx.sqrt() > noise_floor(mo.mean_x, n))
-        & (syy.sqrt() > noise_floor(mo.mean_y, n))
+        (mo.norm_x > noise_floor(mo.mean_x, n))
+        & (mo.norm_y > noise_floor(mo.mean_y, n))
         & torch.isfinite(rho)
+        & torch.isfinite(mo.norm_x)  # overflowed: rho would read 0
+        & torch.isfinite(mo.norm_y)
         & torch.isfinite(mo.mean_x)
         & torch.isfinite(mo.mean_y)
     )

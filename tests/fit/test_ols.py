@@ -526,3 +526,52 @@ def test_empty_batches_give_empty_results(batch, d):
     assert res.intercept.shape == batch and res.ok.shape == batch and res.n.shape == batch
     assert res.slope.shape == (batch if d is None else batch + (d,))
     assert res.stderr.shape == batch + (2 if d is None else d + 1,)
+
+
+@pytest.mark.parametrize("scale_x, scale_y", [(1.0, 1e-30), (1.0, 1e25), (1e-25, 1e-30), (1e25, 1e20),
+                                              (1e-30, 1e-20), (1e20, 1.0)])
+def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y):
+    """float32 squares overflow from ~1e19 and underflow below ~1e-19: SI-unit data
+    (1e-30) once gave σ̂ = 0 and standard errors of 0, data of 1e25 a slope of 0
+    with ok=True. Against scipy's linregress in float64 on the same float32 data."""
+    gen = torch.Generator().manual_seed(90)
+    x = torch.randn(4, 60, generator=gen, dtype=torch.float64)
+    y = 2 * x + 0.5 + 0.3 * torch.randn(4, 60, generator=gen, dtype=torch.float64)
+    x32, y32 = (x * scale_x).float(), (y * scale_y).float()
+    mask = torch.ones(4, 60, dtype=torch.bool)
+    mask[2, :7] = False  # the sampled first points absent
+    mask[3, 40:] = False
+    res = fit.ols(x32, y32, mask=mask)
+    origin = fit.ols(x32, y32, mask=mask, intercept=False)
+    std = fit.standardized(x32, y32, mask=mask)
+    assert res.ok.all() and origin.ok.all() and std.ok.all()
+    for k in range(4):
+        # float64 holds these squares; statsmodels' pinv would cut a column
+        # of 1e-25 next to the constant's 1 as rank-deficient, linregress not.
+        keep = mask[k].numpy()
+        xs, ys = x32[k].double().numpy()[keep], y32[k].double().numpy()[keep]
+        ref = scipy.stats.linregress(xs, ys)
+        assert res.intercept[k].item() == pytest.approx(ref.intercept, rel=2e-5)
+        assert res.slope[k].item() == pytest.approx(ref.slope, rel=2e-5)
+        assert res.stderr[k, 0].item() == pytest.approx(ref.intercept_stderr, rel=2e-4)
+        assert res.stderr[k, 1].item() == pytest.approx(ref.stderr, rel=2e-4)
+        assert res.r2[k].item() == pytest.approx(ref.rvalue**2, abs=1e-5)
+        sigma2 = np.mean((ys - ref.intercept - ref.slope * xs) ** 2)
+        if 1e-37 < sigma2 < 1e37:  # representable in float32
+            assert res.sigma2[k].item() == pytest.approx(sigma2, rel=2e-4)
+        through = (xs @ ys) / (xs @ xs)
+        se_through = np.sqrt(((ys - through * xs) ** 2).sum() / (len(xs) - 1) / (xs @ xs))
+        assert origin.slope[k].item() == pytest.approx(through, rel=2e-5)
+        assert origin.stderr[k, 0].item() == pytest.approx(se_through, rel=2e-4)
+        assert std.rho[k].item() == pytest.approx(ref.rvalue, abs=1e-6)
+        assert std.std_y[k].item() == pytest.approx(ys.std(), rel=1e-5)
+
+
+def test_float32_sums_that_overflow_are_not_ok():
+    # The unit comes from the first points; a later value 1e30 times larger
+    # overflows Σ(x − x̄)² in float32, and the fit says so instead of slope 0.
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5e30, 6.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    y = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 7.0]] * 2)
+    res = fit.ols(x, y)
+    assert res.ok.tolist() == [False, True] and torch.isnan(res.slope[0])
+    assert not fit.standardized(x, y).ok[0]
