@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 
 from ..location import next_order_statistic
-from ._design import in_blocks, noise_floor, prepare
+from ._design import in_blocks, noise_floor, power_of_two_scale, prepare
 from ._wls import fitted
 
 
@@ -77,7 +77,11 @@ def standardize(
         x_centre = cols.new_zeros(cols.shape[:-2] + cols.shape[-1:])
         y_centre = y.new_zeros(y.shape[:-1])
     centred = (cols - x_centre.unsqueeze(-2)) * w_col
-    x_scale = ((centred * centred).sum(-2) / count.unsqueeze(-1)).sqrt()
+    # The root mean square in a power-of-two unit of the column's size (exact):
+    # squares of float32 columns of 1e25 or 1e-25 would over- or underflow.
+    unit = power_of_two_scale(centred.abs().sum(-2) / count.unsqueeze(-1)).unsqueeze(-2)
+    in_unit = centred * unit
+    x_scale = ((in_unit * in_unit).sum(-2) / count.unsqueeze(-1)).sqrt() / unit.squeeze(-2)
     # The rank rule of fit.ols: a centred column whose norm is within rounding
     # noise of its offset is constant, whatever its last bits say.
     spread = x_scale * count.unsqueeze(-1).sqrt()

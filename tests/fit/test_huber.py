@@ -456,3 +456,18 @@ def test_weighted_solves_match_numpy_solve(p, unit_first):
             gram = Xn[b].T @ (wn[b, k, :, None] * Xn[b])
             expected = np.linalg.solve(gram, Xn[b].T @ un[b])
             np.testing.assert_allclose(z[b, k].numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale_x, scale_y", [(1e-25, 1e-30), (1e25, 1e20), (1e20, 1.0)])
+def test_float32_at_scales_whose_squares_leave_float32(scale_x, scale_y):
+    # Once not ok at all: the columns' root mean square over- or underflowed.
+    # Oracle: RLM on the same float32 data brought to unit scale in float64.
+    X, y = _data("heavy", 3, 50, 1, seed=5)
+    x32, y32 = (X[..., 0] * scale_x).float(), (y * scale_y).float()
+    fit = huber(x32, y32, delta=1.345)
+    assert fit.ok.all() and fit.slope.dtype == torch.float32
+    for b in range(3):
+        ref = _rlm(x32[b].double().numpy() / scale_x, y32[b].double().numpy() / scale_y, 1.345)
+        ours = [fit.intercept[b].item() / scale_y, fit.slope[b].item() * scale_x / scale_y]
+        assert _rel(ours, ref.params) < 1e-4
+        assert fit.scale[b].item() / scale_y == pytest.approx(ref.scale, rel=1e-4)

@@ -353,3 +353,22 @@ def test_nearest_crossings_equal_topk(m):
     assert torch.equal(values, expected)
     assert torch.equal(rate.clamp(min=0).gather(-1, index), values)
     assert all(len(set(row)) == 4 for row in index.tolist()) and (index < m).all()
+
+
+@pytest.mark.parametrize("scale_x, scale_y", [(1e-25, 1e-30), (1e25, 1e20), (1e20, 1.0)])
+def test_float32_at_scales_whose_squares_leave_float32(scale_x, scale_y):
+    # The columns' root mean square once squared 1e25 (inf) or 1e-25 (0) in
+    # float32 and every fit came back not ok. Oracle: the LP on the same float32
+    # data brought to unit scale in float64, its optimum scaled back.
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    y = 1 + 2 * x + torch.randn(3, 40, generator=gen, dtype=torch.float64) ** 3
+    x32, y32 = (x * scale_x).float(), (y * scale_y).float()
+    fit = lad(x32, y32)
+    assert fit.ok.all() and fit.slope.dtype == torch.float32
+    for b in range(3):
+        xs, ys = x32[b].double().numpy() / scale_x, y32[b].double().numpy() / scale_y
+        optimum = lp_objective(xs, ys)
+        ours = np.abs(ys - fit.intercept[b].item() / scale_y
+                      - fit.slope[b].item() * scale_x / scale_y * xs).sum()
+        assert ours == pytest.approx(optimum, rel=1e-5)
