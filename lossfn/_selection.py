@@ -228,14 +228,16 @@ def by_tiles(fn, x: torch.Tensor, *per_row: torch.Tensor,
              elements: Optional[int] = None) -> torch.Tensor:
     """``fn(rows, *per_row)`` over tiles of the rows of ``x`` ``(..., m)``, concatenated.
 
-    Tiles of about ``elements`` values (default :func:`tile_rows`) bound the
-    working memory and keep it in cache; the result is the same for any tiling.
+    On the CPU, tiles of about ``elements`` values (default :func:`tile_rows`)
+    bound the working memory and keep it in cache; the result is the same for
+    any tiling.
     """
     m = x.shape[-1]
     rows = x.reshape(math.prod(x.shape[:-1]), m)
-    extra = [r.reshape(rows.shape[0], -1) for r in per_row]
+    extra = [r.reshape(rows.shape[0], r.shape[-1]) for r in per_row]
     step = tile_rows(m) if elements is None else max(1, elements // max(m, 1))
-    if rows.shape[0] <= step:
+    # Tiles are for the CPU's caches: on an accelerator they would only multiply launches.
+    if rows.shape[0] <= step or x.device.type != "cpu":
         out = fn(rows, *extra)
     else:
         tiles = zip(rows.split(step), *(r.split(step) for r in extra))

@@ -343,15 +343,22 @@ def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch
     low_knots, high_knots = ordered - c, ordered + c
     below = torch.searchsorted(ordered, low_knots - c, right=False)  # a_j
     upto = torch.searchsorted(ordered, high_knots + c, right=True)  # e_j
-    g_low = c * (n - 2 * below) + (sums[..., :-1] - sums.gather(-1, below) - (place - below) * ordered)
-    g_high = c * (n - 2 * upto) + (sums.gather(-1, upto) - sums[..., 1:] - (upto - place - 1) * ordered)
+    # Places [a_j, j) or [j + 1, e_j) that are all ties of r_(j) add exactly 0: rounding in
+    # the prefix sums must not decide the sign of g when c is below the data's ulp.
+    in_low = sums[..., :-1] - sums.gather(-1, below) - (place - below) * ordered
+    in_high = sums.gather(-1, upto) - sums[..., 1:] - (upto - place - 1) * ordered
+    last_ = m - 1
+    in_low = torch.where(ordered.gather(-1, below.clamp(max=last_)) == ordered, 0.0, in_low)
+    in_high = torch.where(ordered.gather(-1, (upto - 1).clamp(0, last_)) == ordered, 0.0, in_high)
+    g_low = c * (n - 2 * below) + in_low
+    g_high = c * (n - 2 * upto) + in_high
     # Column 0: the lower root (g > 0 on the left); column 1: the upper one (g ≥ 0).
     left = torch.cat([((g_low > 0) & counted).sum(-1, keepdim=True),
                       ((g_low >= 0) & counted).sum(-1, keepdim=True)], dim=-1)
     n_low = torch.cat([((g_high > 0) & counted).sum(-1, keepdim=True),
                        ((g_high >= 0) & counted).sum(-1, keepdim=True)], dim=-1)
     n_band, n_high = left - n_low, n - left
-    root = (c * (n_high - n_low) + sums.gather(-1, left) - sums.gather(-1, n_low)) / n_band
+    root = (c * (n_high - n_low) + sums.gather(-1, left) - sums.gather(-1, n_low)) / n_band.clamp(min=1)
     # The segment's ends, for rounding: the root stays inside, and a band found
     # empty (then g ≈ 0 on the whole segment) takes the segment's midpoint.
     # left ≥ 1 always (g(r_(0) − c) = c·n) and n_low ≤ n − 1 (g(r_(n−1) + c) = −c·n).
@@ -361,8 +368,10 @@ def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch
                                       -math.inf))
     upper = torch.minimum(torch.where(left < n, low_knots.gather(-1, left.clamp(max=last)), math.inf),
                           high_knots.gather(-1, n_low.clamp(max=last)))
-    root = torch.where(n_band > 0, torch.minimum(torch.maximum(root, lower), upper),
-                       0.5 * lower + 0.5 * upper)
+    # Strict comparisons: a root that sits on a knot keeps its own gradient
+    # (torch.minimum/maximum would split it with the knot's at a tie).
+    inside = torch.where(root < lower, lower, torch.where(root > upper, upper, root))
+    root = torch.where(n_band > 0, inside, 0.5 * lower + 0.5 * upper)
     return 0.5 * root[..., 0] + 0.5 * root[..., 1]
 
 
@@ -424,6 +433,9 @@ def huber_location(
     else:
         s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(centre.shape)
     c = (torch.as_tensor(delta, dtype=x.dtype, device=x.device) * s).expand(centre.shape)
-    shift = _huber_root(r, w, torch.where(c > 0, c, 1.0))
+    # A band wider than every spread the data can have is the mean's: capped
+    # there, c·n and r ± 2c stay finite (δ = 1e308 would overflow them).
+    widest = torch.finfo(x.dtype).max / (4 * max(x.shape[-1], 1))
+    shift = _huber_root(r, w, torch.where(c > 0, c, 1.0).clamp(max=widest))
     location = torch.where(c > 0, centre + shift, centre)
     return LocationScale(location, s)

@@ -55,6 +55,8 @@ def test_empty_and_nan_samples_give_nan_without_poisoning(gen):
         out = fn(x, mask=mask)
         assert torch.isfinite(out[0]) and torch.isnan(out[1]) and torch.isnan(out[2])
     assert location.median(x, mask=mask)[0].item() == np.median(x[0].numpy())
+    for empty in (torch.empty(0, 5), torch.empty(2, 0, 4)):  # no samples: empty results
+        assert location.huber_location(empty).location.shape == empty.shape[:-1]
     no_points = torch.empty(4, 0, dtype=torch.float64)
     for fn in (location.median, location.mean, location.mad_scale,
                lambda s: location.huber_location(s).location):
@@ -164,6 +166,25 @@ def test_huber_location_is_exact_with_gross_outliers_and_ties(rows):
         assert abs(fit.location[i].item() - float(exact)) <= 1e-14 * (abs(float(exact)) + s)
 
 
+@pytest.mark.parametrize("delta", [1e-40, 1e-17, 1e-13])
+def test_huber_location_exact_when_the_band_is_below_the_data_ulp(delta):
+    # c below the spacing of the data: the knots r ± c round onto the points, and
+    # the sums over tied points must be exactly 0 for the signs of g to be right.
+    rng = np.random.default_rng(9)
+    x = np.round(rng.standard_normal((200, 9)) * 3) / 10  # many ties
+    fit = location.huber_location(torch.from_numpy(x), delta=delta, scale=1.0).location
+    for i in range(200):
+        exact = float(_exact_huber_root(x[i], delta))
+        assert fit[i].item() == pytest.approx(exact, abs=1e-15), i
+    one = torch.tensor([0.3, 0.1, 0.3, 0.7, 2.9, 2.9], dtype=torch.float64)
+    assert location.huber_location(one, delta=1e-17, scale=1.0).location.item() == pytest.approx(0.5)
+
+
+def test_huber_location_with_a_band_wider_than_the_float_range_is_the_mean():
+    x = torch.tensor([[0.3, 0.1, 0.3, 0.7, 2.9, 2.9]], dtype=torch.float64)
+    torch.testing.assert_close(location.huber_location(x, delta=1e308, scale=10.0).location, x.mean(-1))
+
+
 def test_huber_location_in_float32_on_the_network():
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((2100, 25)) ** 3 * 5 + 100).astype(np.float32)
@@ -182,6 +203,16 @@ def test_gradient_of_huber_location_is_the_band_average(gen):
     mu = location.huber_location(x, delta=1.0, scale=0.7).location
     band = ((x - mu[:, None]).abs() < 0.7).double()
     torch.testing.assert_close(got, band / band.sum(-1, keepdim=True), rtol=0, atol=1e-12)
+
+
+def test_gradient_of_huber_location_where_the_root_sits_on_a_knot():
+    # x = [0, 1, 2], c = 1: μ = 1 is also the knot 0 + c and 2 − c. The band
+    # average [1/4, 1/2, 1/4] is the derivative along x₁ and a subgradient along
+    # x₀ and x₂ (one-sided: 1/3 and 0); a clamp at the knot once split the
+    # gradient between the root and the knot, giving [3/8, 1/4, 3/8].
+    x = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    got = torch.func.grad(lambda a: location.huber_location(a, delta=1.0, scale=1.0).location)(x)
+    torch.testing.assert_close(got, torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64))
 
 
 def test_vmap_equals_batched(gen):

@@ -28,7 +28,7 @@ import torch
 from .._checks import check_regression_data
 
 __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
-           "packed_symmetric_index", "power_of_two_scale", "leading_scale"]
+           "packed_symmetric_index", "power_of_two_scale"]
 
 
 class Data(NamedTuple):
@@ -168,17 +168,19 @@ def _flat_views(arrays: tuple, dims: int) -> Optional[tuple]:
     return tuple(flat)
 
 
-#: Leading points per dataset that :func:`leading_scale` looks at.
+#: Leading points per dataset whose size :func:`_centred` takes into its unit.
 SCALE_SAMPLES = 4
 
 
 def power_of_two_scale(size: torch.Tensor) -> torch.Tensor:
-    """The power of two ``2^−e`` that brings ``size`` ``(...)`` into ``[½, 1)``.
+    """The power of two ``2^−e`` that brings ``size`` ``(...)`` into ``[½, 1)``, float32 or float64.
 
     Multiplying by it is exact, so data scaled by it round exactly as before.
     ``e`` is clamped so that the scale stays a normal number; a size of 0 or not
     finite gets 1. No gradient flows through it.
     """
+    if size.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"power_of_two_scale: float32 or float64, got {size.dtype}")
     bound = int(math.log2(torch.finfo(size.dtype).max)) - 1  # 126 (float32), 1022 (float64)
     e = torch.frexp(size.detach())[1].clamp(-bound, bound)
     # 2^−e from its bits: exact on every device (pow and exp2 need not be).
@@ -186,50 +188,53 @@ def power_of_two_scale(size: torch.Tensor) -> torch.Tensor:
     return ((bound + 1 - e.to(bits)) << mantissa).view(size.dtype)
 
 
-def leading_scale(v: torch.Tensor) -> torch.Tensor:
-    """:func:`power_of_two_scale` of ``Σ|v|`` over the first :data:`SCALE_SAMPLES` points of each row."""
-    return power_of_two_scale(v[..., :SCALE_SAMPLES].abs().sum(-1))
+def _leading_size(v: torch.Tensor) -> torch.Tensor:
+    """``Σ|v|`` over the first :data:`SCALE_SAMPLES` points of each row: one cache line each."""
+    return v[..., :SCALE_SAMPLES].abs().sum(-1)
 
 
 def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor,
-             unit: Optional[torch.Tensor]):
+             leading: Optional[torch.Tensor]):
     """``(c, (v − c)·s, s)``: the first-pass mean ``c``, and the centred data in a
-    power-of-two unit ``s`` (0 at absent points). Scaling by a power of two is
-    exact: the centred values round as unscaled ones would.
+    power-of-two unit ``s`` of their size (0 at absent points; ``s`` None: 1).
+    Scaling by a power of two is exact: the centred values round as unscaled
+    ones would.
 
     float32 squares overflow from about 1e19 and underflow below about 1e-19,
     well inside the range of the data: data of physical size in SI units
     (masses of 1e-27 kg) would lose Σ(y − ȳ)² to underflow, and σ̂ and the
     standard errors with it. float32 data are therefore brought to a unit of
-    about their size: ``unit`` from the first points of each dataset
-    (:func:`leading_scale`, which reads one cache line of each: a full pass for
-    the maximum was measured to cost unmasked fits 40–70%), or with a mask,
-    where the first points may be absent, from ``Σ|v|`` over the present ones
-    (a pass over data already in cache). Where a dataset's values span more
-    than ~1e15 (beyond what float32 resolves anyway) and its first points are
-    the small ones, its sums can still overflow: the fit then reports it
-    (ok=False). float64 squares hold any spread from 1e-150 to 1e150 and are not
-    scaled (``unit`` None).
+    about their size (:func:`power_of_two_scale`): without a mask, that of the
+    larger of ``|c|`` and ``leading``, the size of the first points
+    (:func:`_leading_size`; a full pass for the largest value was measured to
+    cost unmasked fits 40–70%); with one, where the first points may be absent,
+    that of ``Σ|v|`` over the present points (a pass over data in cache). A
+    dataset whose mean and first points are all far smaller than its other
+    values can still over- or underflow: :func:`moments` then reports it
+    (non-finite or inconsistent sums, and the fit is not ok). float64 squares
+    hold any spread from 1e-150 to 1e150 and are not scaled (``leading`` None).
     """
     if present is None:
         centre = v.sum(-1) / n
         centred = v - centre.unsqueeze(-1)
+        if leading is None:
+            return centre, centred, None
+        unit = power_of_two_scale(torch.maximum(leading, centre.abs()))
     else:
         v = torch.where(present, v, 0.0)  # nan or inf there is never read
         centre = v.sum(-1) / n
         # v − c·w keeps absent points at 0 in one fused op.
         centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
-        if v.dtype == torch.float32:
-            unit = power_of_two_scale(v.abs().sum(-1))
-    if unit is None:
-        return centre, centred, None
+        if v.dtype != torch.float32:
+            return centre, centred, None
+        unit = power_of_two_scale(v.abs().sum(-1))
     return centre, centred.mul_(unit.unsqueeze(-1)), unit
 
 
-def _line_sums(y, x, present, n, unit_x, unit_y):
+def _line_sums(y, x, present, n, leading_x, leading_y):
     """Per-dataset sums of one block; everything after them is O(datasets) algebra."""
-    cx, dx, unit_x = _centred(x, present, n, unit_x)
-    cy, dy, unit_y = _centred(y, present, n, unit_y)
+    cx, dx, unit_x = _centred(x, present, n, leading_x)
+    cy, dy, unit_y = _centred(y, present, n, leading_y)
     # vecdot, not vector_norm(...)², for Σdx²: the slope feeds α = ȳ − β·x̄,
     # which magnifies its last-ulp errors (Norris loses a digit with the norm).
     sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
@@ -257,11 +262,11 @@ def moments(data: Data) -> Moments:
     and reduced while it is in cache, so only the first pass reads memory.
     """
     n = data.n
-    scale_x = scale_y = None
+    leading_x = leading_y = scale_x = scale_y = None
     if data.y.dtype == torch.float32 and data.present is None:
-        scale_x, scale_y = leading_scale(data.x), leading_scale(data.y)
+        leading_x, leading_y = _leading_size(data.x), _leading_size(data.y)
     cx, cy, sxx, sxy, norm_dy, *shift = in_blocks(
-        _line_sums, data.y, data.x, data.present, n, scale_x, scale_y)
+        _line_sums, data.y, data.x, data.present, n, leading_x, leading_y)
     syy = norm_dy.square()
     if shift:
         sum_dx, sum_dy, scale_x, scale_y = shift
@@ -269,13 +274,19 @@ def moments(data: Data) -> Moments:
         sxy = sxy - sum_dx * sum_dy / n
         syy = syy - sum_dy * sum_dy / n
         cx, cy = cx + _in_units(sum_dx / n, scale_x), cy + _in_units(sum_dy / n, scale_y)
+    if scale_x is not None:
+        # Σdy² that underflowed to 0 next to a nonzero Σdx·dy (impossible by
+        # Cauchy–Schwarz) is a unit that missed the data's size: nan, not ok.
+        syy = torch.where((syy == 0) & (sxy != 0), torch.nan, syy)
     slope = sxy / sxx
     # Syy − β·Sxy cancels as r² → 1: SSR keeps about log10((1 − r²)/eps)
     # digits (9 in float64 at r² = 1 − 1e-7; Norris keeps 11.7). A pass over
     # the residuals would keep them all, at a quarter more time.
     ssr = (syy - slope * sxy).clamp(min=0)
     if scale_x is not None:
-        slope = slope * (scale_x / scale_y)
+        # The ratio of the units can leave float32's range (x of 1e-30, y of
+        # 1e9) where the slope does not: in float64 (O(datasets) work).
+        slope = (slope.double() * (scale_x.double() / scale_y.double())).to(slope.dtype)
     return Moments(cx, cy, _in_units(sxx.sqrt(), scale_x), _in_units(syy.sqrt(), scale_y),
                    sxy / (sxx * syy).sqrt(), slope, _in_units(ssr.sqrt(), scale_y),
                    _in_units(_in_units(ssr, scale_y), scale_y), ssr / syy)

@@ -185,7 +185,8 @@ def _simple_origin(data: Data) -> OLSFit:
     ssr = torch.linalg.vecdot(e, e)
     stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt()
     if scale_x is not None:  # β = β'·s_x/s_y for the scaled data's β'
-        beta, stderr = beta * (scale_x / scale_y), stderr * (scale_x / scale_y)
+        ratio = scale_x.double() / scale_y.double()
+        beta, stderr = (beta.double() * ratio).to(beta.dtype), (stderr.double() * ratio).to(beta.dtype)
     unexplained = ssr / torch.linalg.vecdot(y, y)
     ssr_root = ssr.sqrt()
     if scale_y is not None:

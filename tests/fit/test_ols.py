@@ -528,9 +528,10 @@ def test_empty_batches_give_empty_results(batch, d):
     assert res.stderr.shape == batch + (2 if d is None else d + 1,)
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("scale_x, scale_y", [(1.0, 1e-30), (1.0, 1e25), (1e-25, 1e-30), (1e25, 1e20),
                                               (1e-30, 1e-20), (1e20, 1.0)])
-def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y):
+def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y, masked):
     """float32 squares overflow from ~1e19 and underflow below ~1e-19: SI-unit data
     (1e-30) once gave σ̂ = 0 and standard errors of 0, data of 1e25 a slope of 0
     with ok=True. Against scipy's linregress in float64 on the same float32 data."""
@@ -538,12 +539,15 @@ def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y):
     x = torch.randn(4, 60, generator=gen, dtype=torch.float64)
     y = 2 * x + 0.5 + 0.3 * torch.randn(4, 60, generator=gen, dtype=torch.float64)
     x32, y32 = (x * scale_x).float(), (y * scale_y).float()
+    x32[1, :4] = y32[1, :4] = 0  # the first points carry no size
     mask = torch.ones(4, 60, dtype=torch.bool)
-    mask[2, :7] = False  # the sampled first points absent
-    mask[3, 40:] = False
-    res = fit.ols(x32, y32, mask=mask)
-    origin = fit.ols(x32, y32, mask=mask, intercept=False)
-    std = fit.standardized(x32, y32, mask=mask)
+    if masked:
+        mask[2, :7] = False
+        mask[3, 40:] = False
+    given = mask if masked else None
+    res = fit.ols(x32, y32, mask=given)
+    origin = fit.ols(x32, y32, mask=given, intercept=False)
+    std = fit.standardized(x32, y32, mask=given)
     assert res.ok.all() and origin.ok.all() and std.ok.all()
     for k in range(4):
         # float64 holds these squares; statsmodels' pinv would cut a column
@@ -567,11 +571,36 @@ def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y):
         assert std.std_y[k].item() == pytest.approx(ys.std(), rel=1e-5)
 
 
-def test_float32_sums_that_overflow_are_not_ok():
-    # The unit comes from the first points; a later value 1e30 times larger
-    # overflows Σ(x − x̄)² in float32, and the fit says so instead of slope 0.
-    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5e30, 6.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
-    y = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 7.0]] * 2)
+def test_float32_slope_whose_units_ratio_leaves_float32():
+    # x of 1e-30 and y of 1e9 ± 1e3: units 2^100 and 2^-30, whose ratio 2^130
+    # overflows float32, while the slope (2e33) does not.
+    gen = torch.Generator().manual_seed(91)
+    x = torch.randn(2, 50, generator=gen, dtype=torch.float64)
+    y = 1e9 + 1e3 * (2 * x + 0.1 * torch.randn(2, 50, generator=gen, dtype=torch.float64))
+    x32, y32 = (x * 1e-30).float(), y.float()
+    for mask in (None, torch.ones(2, 50, dtype=torch.bool)):
+        res = fit.ols(x32, y32, mask=mask)
+        origin = fit.ols(x32, y32, mask=mask, intercept=False)
+        assert res.ok.all() and origin.ok.all()
+        for k in range(2):
+            xs, ys = x32[k].double().numpy(), y32[k].double().numpy()
+            assert res.slope[k].item() == pytest.approx(scipy.stats.linregress(xs, ys).slope, rel=1e-4)
+            assert origin.slope[k].item() == pytest.approx((xs @ ys) / (xs @ xs), rel=1e-4)
+
+
+def test_float32_sums_that_overflow_or_underflow_are_not_ok():
+    # The unit comes from the mean and the first points. Where both are far
+    # smaller than the other values, the sums over- or underflow in float32,
+    # and the fit says so instead of a slope of 0 or a standard error of 0.
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5e30, -5e30, 6.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])
+    y = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0]] * 2)
     res = fit.ols(x, y)
     assert res.ok.tolist() == [False, True] and torch.isnan(res.slope[0])
-    assert not fit.standardized(x, y).ok[0]
+    assert fit.standardized(x, y).ok.tolist() == [False, True]
+    # Mean exactly 0 and the first points 0: Σ(y − ȳ)² of 1e-60 underflows.
+    x = torch.arange(8.0).expand(2, 8)
+    y = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1e-30, -1e-30, 2e-30, -2e-30],
+                      [0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 2.0, -2.0]])
+    res = fit.ols(x, y)
+    assert res.ok.tolist() == [False, True]
+    assert fit.ols(x, y, mask=torch.ones(2, 8, dtype=torch.bool)).ok.all()  # the full pass finds it
