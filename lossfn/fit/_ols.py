@@ -231,18 +231,25 @@ def _multiple_block(y, x, present, n, intercept: bool):
         aug.sub_(mean.unsqueeze(points))
         if rows is not None:  # absent points back to 0 (addcmul_ has no vmap rule)
             aug.masked_fill_(~rows, 0.0)
-        if work != torch.float64:
-            # The first-pass mean is off by about eps·|mean|, not small next to
-            # the spread in float32 with large offsets: the mean that is left
-            # is removed exactly in the solver's small algebra. In float64 it
-            # would change the Gram matrix only in the second order (≈ (eps·
-            # mean/spread)²), and the pass is saved.
-            offset = aug.sum(points) / n.unsqueeze(-1)
-            mean = mean + offset
     else:
         mean = torch.zeros_like(aug.select(points, 0))
-    grams = centred_grams(aug, offset, n, mean[..., :d], data_eps=data_eps)
-    return (mean[..., : d + 1],) + grams
+    if work == torch.float64:
+        # In float64 the first-pass mean's error (≈ eps·|mean|) would change
+        # the Gram matrix only in the second order (≈ (eps·mean/spread)²).
+        return (mean[..., : d + 1],) + centred_grams(aug, None, n, mean[..., :d], data_eps=data_eps)
+    # float32 (accelerators): each column in a power-of-two unit of its size
+    # (exact), since float32 Gram entries over- or underflow for data beyond
+    # about 1e±19 (y of 1e-30 once gave standard errors of 0 with ok=True).
+    unit = power_of_two_scale(aug.abs().sum(points))  # (..., kp); 1 for the zero pads
+    aug.mul_(unit.unsqueeze(points))
+    if intercept:
+        # The first-pass mean is off by about eps·|mean|, not small next to the
+        # spread in float32 with large offsets: the mean that is left is removed
+        # exactly in the solver's small algebra.
+        offset = aug.sum(points) / n.unsqueeze(-1)
+        mean = mean + offset / unit
+    grams = centred_grams(aug, offset, n, (mean * unit)[..., :d], data_eps=data_eps)
+    return (mean[..., : d + 1],) + grams + (unit[..., : d + 1],)
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
@@ -255,23 +262,42 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
         data.y, data.x, data.present, n,
     )
+    work, data_eps = _precision(data.x)
+    # The float32 route's Gram matrices are in power-of-two units of the
+    # columns (see _multiple_block): X' = X·D, y' = y·u, D = diag(ux). Then
+    # β = D·β'/u, (XᵀX)⁻¹'s factor is D·C', SSR = SSR'/u²; everything below
+    # stays in the scaled units up to the last ratio, which cannot underflow.
+    ux = uy = None
+    if work != torch.float64:
+        *grams, unit = grams
+        ux, uy = unit[..., :d], unit[..., d]
     # float64 for float32 data on the CPU: cast at the end
-    sol = solve_grams(tuple(grams), n, means[..., :d], data_eps=_precision(data.x)[1])
+    sol = solve_grams(tuple(grams), n, means[..., :d] if ux is None else means[..., :d] * ux,
+                      data_eps=data_eps)
     n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
+    coef, residual_norm = sol.coef, sol.ssr.sqrt()
+    ssr, unexplained = sol.ssr, sol.ssr / sol.total
+    if ux is not None:
+        # The units' ratio can leave float32's range where the result does not.
+        ratio = (ux.double() / uy.double().unsqueeze(-1))
+        coef = (coef.double() * ratio).to(coef.dtype)
+        se_slope = (se_slope.double() * ratio).to(coef.dtype)
+        residual_norm, ssr = residual_norm / uy, ssr / uy / uy
     if intercept:
         mean_x, mean_y = means[..., :d], means[..., d]
-        alpha = mean_y - torch.linalg.vecdot(mean_x, sol.coef)
-        lever = (mean_x.unsqueeze(-2) @ sol.cov_factor).squeeze(-2)
+        alpha = mean_y - torch.linalg.vecdot(mean_x, coef)
+        lever = ((mean_x if ux is None else mean_x * ux).unsqueeze(-2) @ sol.cov_factor).squeeze(-2)
         se_alpha = (s2 * (1 / n.unsqueeze(-1) + lever.square().sum(-1, keepdim=True))).sqrt()
+        if uy is not None:
+            se_alpha = se_alpha / uy.unsqueeze(-1)
         stderr = torch.cat([se_alpha, se_slope], dim=-1)
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
     alpha, coef, ssr, stderr, unexplained, residual_norm = (
-        v.to(data.y.dtype)
-        for v in (alpha, sol.coef, sol.ssr, stderr, sol.ssr / sol.total, sol.ssr.sqrt())
+        v.to(data.y.dtype) for v in (alpha, coef, ssr, stderr, unexplained, residual_norm)
     )
     return _finish(data, alpha, coef, ssr, stderr, unexplained, p, sol.full_rank, residual_norm)

@@ -604,3 +604,27 @@ def test_float32_sums_that_overflow_or_underflow_are_not_ok():
     res = fit.ols(x, y)
     assert res.ok.tolist() == [False, True]
     assert fit.ols(x, y, mask=torch.ones(2, 8, dtype=torch.bool)).ok.all()  # the full pass finds it
+
+
+@pytest.mark.parametrize("scale_x, scale_y", [(1.0, 1e-30), (1e25, 1e20), (1e-30, 1.0)])
+def test_float32_route_of_accelerators_at_any_scale(monkeypatch, scale_x, scale_y):
+    """Off the CPU the Gram matrices stay float32 and are formed in power-of-two
+    units of the columns: y of 1e-30 once gave standard errors of 0 with ok=True
+    (seen on an H100), x of 1e25 ok=False. Forced here on the CPU. Oracle:
+    statsmodels on the same float32 data brought to unit scale in float64."""
+    monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda x: (x.dtype, None))
+    gen = torch.Generator().manual_seed(92)
+    x = torch.randn(3, 80, 2, generator=gen, dtype=torch.float64)
+    y = x @ torch.tensor([1.5, -2.0], dtype=torch.float64) + 0.7 + 0.2 * torch.randn(
+        3, 80, generator=gen, dtype=torch.float64)
+    x32, y32 = (x * scale_x).float(), (y * scale_y).float()
+    res = fit.ols(x32, y32)
+    assert res.ok.all()
+    for k in range(3):
+        xs, ys = x32[k].double().numpy() / scale_x, y32[k].double().numpy() / scale_y
+        ref = sm.OLS(ys, sm.add_constant(xs)).fit()
+        unit = np.r_[scale_y, np.full(2, scale_y / scale_x)]
+        ours = np.r_[res.intercept[k].item(), res.slope[k].double().numpy()]
+        np.testing.assert_allclose(ours / unit, ref.params, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(res.stderr[k].double().numpy() / unit, ref.bse, rtol=1e-3)
+        assert res.r2[k].item() == pytest.approx(ref.rsquared, abs=1e-5)
