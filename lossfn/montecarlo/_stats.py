@@ -13,9 +13,13 @@ moving both to the pooled mean with the binomial theorem and adding
 (Chan, Golub & LeVeque 1979 for ``p + q = 2``; Pébay 2008 for higher orders),
 so no raw power sums of large numbers are ever formed.
 
-Reductions here run over the last, contiguous dimension with at least two outputs
-or fewer than 32 768 elements, so each sum is computed by one thread in a fixed
-order: the bits do not depend on the number of threads.
+On the CPU, reductions here run over the last, contiguous dimension with at least
+two outputs or fewer than 32 768 elements, so each sum is computed by one thread
+in a fixed order: the bits do not depend on the number of threads. On an
+accelerator a reduction kernel's order depends on the whole tensor's shape (how
+many blocks share the call, that is the chunk size), so the sums there are taken
+by :func:`fixed_order_sum`, pairwise in halves, whose order depends on a
+block's length alone.
 
 References:
     T. F. Chan, G. H. Golub, R. J. LeVeque, "Updating formulae and a pairwise
@@ -27,11 +31,11 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
-__all__ = ["Moments", "block_moments", "merge", "fold", "pack", "unpack"]
+__all__ = ["Moments", "block_moments", "merge", "fold", "pack", "unpack", "fixed_order_sum"]
 
 # W[p, i] = C(p, i) d^(p - i) for i <= p: row p expands (u + d)^p.
 _BINOMIAL = ((1.0, 0.0, 0.0), (1.0, 1.0, 0.0), (1.0, 2.0, 1.0))
@@ -81,6 +85,34 @@ def _monomials(k: int, device: torch.device) -> tuple:
     return products, torch.tensor(source)[where].to(device)
 
 
+def fixed_order_sum(x: torch.Tensor, pairwise: Optional[bool] = None) -> torch.Tensor:
+    """``x.sum(-1)`` in an order fixed by ``x.shape[-1]`` alone, on any device.
+
+    ``pairwise`` (default: off the CPU) pads the last dim with zeros to a power
+    of two and adds its halves until one value is left: each step is an
+    elementwise add, whose bits cannot depend on how many rows share the call,
+    as a CUDA reduction kernel's do (seen on an H100: blocks summed 1 or 6 at a
+    time differed in the last bit). Otherwise ``x.sum(-1)``.
+
+    Example:
+        >>> import torch
+        >>> fixed_order_sum(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), pairwise=True)
+        tensor([ 6., 15.])
+    """
+    if pairwise is None:
+        pairwise = x.device.type != "cpu"
+    if not pairwise:
+        return x.sum(-1)
+    n = x.shape[-1]
+    size = 1 << max(n - 1, 0).bit_length()
+    if size != n:
+        x = torch.nn.functional.pad(x, (0, size - n))
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
 def block_moments(errors: torch.Tensor) -> Moments:
     """Statistics of ``G`` blocks of ``n`` replicates: ``errors`` of shape ``(K, G, n)``, float64.
 
@@ -95,8 +127,8 @@ def block_moments(errors: torch.Tensor) -> Moments:
     # step this function was measured several times slower (allocation, page faults).
     powers = errors.new_empty((2 * k, g, n))
     u = powers[:k]
-    first = errors.sum(-1) / n  # (K, G)
-    mean = first + torch.sub(errors, first.unsqueeze(-1), out=u).sum(-1) / n
+    first = fixed_order_sum(errors) / n  # (K, G)
+    mean = first + fixed_order_sum(torch.sub(errors, first.unsqueeze(-1), out=u)) / n
     torch.sub(errors, mean.unsqueeze(-1), out=u)
     torch.mul(u, u, out=powers[k:])
     products, where = _monomials(k, errors.device)
@@ -104,8 +136,8 @@ def block_moments(errors: torch.Tensor) -> Moments:
     # One product at a time, in one reused buffer: a (T, G, n) tensor of them would
     # be the largest buffer of a study.
     product = errors.new_empty((g, n))
-    sums = torch.cat([count.unsqueeze(0), powers.sum(-1)]
-                     + [torch.mul(powers[a], powers[b], out=product).sum(-1).unsqueeze(0)
+    sums = torch.cat([count.unsqueeze(0), fixed_order_sum(powers)]
+                     + [fixed_order_sum(torch.mul(powers[a], powers[b], out=product)).unsqueeze(0)
                         for a, b in products])
     return Moments(count, mean.T, sums[where].movedim(-1, 0))
 

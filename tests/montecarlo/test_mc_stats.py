@@ -89,3 +89,40 @@ def test_summary_matches_numpy_formulas():
         cov = np.cov(np.stack([a, b]), ddof=0) / n
         assert s.efficiency_se[k].item() == pytest.approx(np.sqrt(grad @ cov @ grad), rel=2e-3)
     assert s.efficiency_se[0].item() == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 500, 513])
+def test_fixed_order_sum_is_exact_enough_and_blind_to_its_neighbours(n):
+    # The accelerator path, forced on the CPU: a row's bits must not depend on
+    # how many rows share the call (CUDA's reduction kernels' do), and the
+    # pairwise sum is within a few ulps of the exact one.
+    import math
+
+    from lossfn.montecarlo._stats import fixed_order_sum
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(6, n, generator=g, dtype=torch.float64) * 10 ** torch.randint(-3, 4, (6, n), generator=g)
+    whole = fixed_order_sum(x, pairwise=True)
+    for i in range(6):
+        assert torch.equal(fixed_order_sum(x[i : i + 1], pairwise=True), whole[i : i + 1])
+        exact = math.fsum(x[i].tolist())
+        assert abs(whole[i].item() - exact) <= 4 * n * 2**-53 * x[i].abs().sum().item()
+    assert torch.equal(fixed_order_sum(x, pairwise=False), x.sum(-1))
+
+
+def test_block_moments_on_the_pairwise_path_are_central_comoments(monkeypatch):
+    import functools
+
+    from lossfn.montecarlo import _stats
+
+    monkeypatch.setattr(_stats, "fixed_order_sum", functools.partial(_stats.fixed_order_sum, pairwise=True))
+    g = torch.Generator().manual_seed(3)
+    errors = torch.randn(2, 3, 50, generator=g, dtype=torch.float64)
+    got = block_moments(errors)
+    e = errors.numpy()
+    np.testing.assert_allclose(got.mean.numpy(), e.mean(-1).T, rtol=1e-14)
+    u = e - e.mean(-1, keepdims=True)
+    np.testing.assert_allclose(got.comoments[:, 2, 0, 0, 0].numpy(), (u[0] ** 2).sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(got.comoments[:, 1, 1, 0, 1].numpy(), (u[0] * u[1]).sum(-1), rtol=1e-12, atol=1e-12)
+    one = block_moments(errors[:, :1])  # a block's bits do not depend on its neighbours
+    assert all(torch.equal(a[:1], b) for a, b in zip(got, one))
