@@ -168,7 +168,7 @@ def _flat_views(arrays: tuple, dims: int) -> Optional[tuple]:
     return tuple(flat)
 
 
-#: Leading points per dataset whose size :func:`_centred` takes into its unit.
+#: Leading points per dataset whose size :func:`_centred` takes into a float32 unit.
 SCALE_SAMPLES = 4
 
 
@@ -188,53 +188,48 @@ def power_of_two_scale(size: torch.Tensor) -> torch.Tensor:
     return ((bound + 1 - e.to(bits)) << mantissa).view(size.dtype)
 
 
-def _leading_size(v: torch.Tensor) -> torch.Tensor:
-    """``Σ|v|`` over the first :data:`SCALE_SAMPLES` points of each row: one cache line each."""
-    return v[..., :SCALE_SAMPLES].abs().sum(-1)
-
-
-def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor,
-             leading: Optional[torch.Tensor]):
-    """``(c, (v − c)·s, s)``: the first-pass mean ``c``, and the centred data in a
-    power-of-two unit ``s`` of their size (0 at absent points; ``s`` None: 1).
-    Scaling by a power of two is exact: the centred values round as unscaled
-    ones would.
+def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
+    """``(c, v − c, size)``: the first-pass mean ``c``, the centred data (0 at
+    absent points) and, for float32, a size for their unit (None for float64).
 
     float32 squares overflow from about 1e19 and underflow below about 1e-19,
     well inside the range of the data: data of physical size in SI units
     (masses of 1e-27 kg) would lose Σ(y − ȳ)² to underflow, and σ̂ and the
-    standard errors with it. float32 data are therefore brought to a unit of
-    about their size (:func:`power_of_two_scale`): without a mask, that of the
-    larger of ``|c|`` and ``leading``, the size of the first points
-    (:func:`_leading_size`; a full pass for the largest value was measured to
-    cost unmasked fits 40–70%); with one, where the first points may be absent,
-    that of ``Σ|v|`` over the present points (a pass over data in cache). A
-    dataset whose mean and first points are all far smaller than its other
-    values can still over- or underflow: :func:`moments` then reports it
+    standard errors with it. :func:`_line_sums` therefore brings float32 data to
+    a power-of-two unit of ``size`` (:func:`power_of_two_scale`). Without a
+    mask ``size`` is the larger of ``|c|`` and ``Σ|v|`` over the first
+    :data:`SCALE_SAMPLES` points (a full pass for the largest value was
+    measured to cost unmasked fits 40–70%); with one, where the first points
+    may be absent, ``Σ|v|`` over the present points (a pass over data in
+    cache). A dataset whose mean and first points are all far smaller than its
+    other values can still over- or underflow: :func:`moments` then reports it
     (non-finite or inconsistent sums, and the fit is not ok). float64 squares
-    hold any spread from 1e-150 to 1e150 and are not scaled (``leading`` None).
+    hold any spread from 1e-150 to 1e150 and are not scaled.
     """
     if present is None:
         centre = v.sum(-1) / n
         centred = v - centre.unsqueeze(-1)
-        if leading is None:
-            return centre, centred, None
-        unit = power_of_two_scale(torch.maximum(leading, centre.abs()))
-    else:
-        v = torch.where(present, v, 0.0)  # nan or inf there is never read
-        centre = v.sum(-1) / n
-        # v − c·w keeps absent points at 0 in one fused op.
-        centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
         if v.dtype != torch.float32:
             return centre, centred, None
-        unit = power_of_two_scale(v.abs().sum(-1))
-    return centre, centred.mul_(unit.unsqueeze(-1)), unit
+        # The first points are in cache now, after the sum.
+        return centre, centred, torch.maximum(v[..., :SCALE_SAMPLES].abs().sum(-1), centre.abs())
+    v = torch.where(present, v, 0.0)  # nan or inf there is never read
+    centre = v.sum(-1) / n
+    # v − c·w keeps absent points at 0 in one fused op.
+    centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
+    return centre, centred, v.abs().sum(-1) if v.dtype == torch.float32 else None
 
 
-def _line_sums(y, x, present, n, leading_x, leading_y):
+def _line_sums(y, x, present, n):
     """Per-dataset sums of one block; everything after them is O(datasets) algebra."""
-    cx, dx, unit_x = _centred(x, present, n, leading_x)
-    cy, dy, unit_y = _centred(y, present, n, leading_y)
+    cx, dx, size_x = _centred(x, present, n)
+    cy, dy, size_y = _centred(y, present, n)
+    if size_x is not None:
+        # Both units in one go; multiplying by a power of two is exact, so the
+        # centred values round as unscaled ones would.
+        units = power_of_two_scale(torch.stack([size_x, size_y]))
+        dx.mul_(units[0].unsqueeze(-1))
+        dy.mul_(units[1].unsqueeze(-1))
     # vecdot, not vector_norm(...)², for Σdx²: the slope feeds α = ȳ − β·x̄,
     # which magnifies its last-ulp errors (Norris loses a digit with the norm).
     sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
@@ -244,7 +239,7 @@ def _line_sums(y, x, present, n, leading_x, leading_y):
     # float32: the first-pass mean is off by about eps·|x̄|, which is not small
     # next to the spread when the offset is large (x ≈ 1e4 + U(0, 1)); the
     # sums Σ(x − c) measure that error so that it can be removed.
-    return sums + (dx.sum(-1), dy.sum(-1), unit_x, unit_y)
+    return sums + (dx.sum(-1), dy.sum(-1), units[0], units[1])
 
 
 def _in_units(v: torch.Tensor, unit: Optional[torch.Tensor]) -> torch.Tensor:
@@ -257,16 +252,13 @@ def moments(data: Data) -> Moments:
 
     Shifted sums: with ``c`` the first-pass mean and ``dx = x − c``,
     ``x̄ = c + Σdx/n``, ``Sxx = Σdx² − (Σdx)²/n``, ``Sxy = Σdx·dy − Σdx·Σdy/n``,
-    and ``SSR = Syy − β̂·Sxy``; for float32 in the power-of-two units of :func:`_centred`,
+    and ``SSR = Syy − β̂·Sxy``; for float32 in the power-of-two units of :func:`_line_sums`,
     converted back only as norms and ratios. Each block of datasets is centred
     and reduced while it is in cache, so only the first pass reads memory.
     """
     n = data.n
-    leading_x = leading_y = scale_x = scale_y = None
-    if data.y.dtype == torch.float32 and data.present is None:
-        leading_x, leading_y = _leading_size(data.x), _leading_size(data.y)
-    cx, cy, sxx, sxy, norm_dy, *shift = in_blocks(
-        _line_sums, data.y, data.x, data.present, n, leading_x, leading_y)
+    scale_x = scale_y = None
+    cx, cy, sxx, sxy, norm_dy, *shift = in_blocks(_line_sums, data.y, data.x, data.present, n)
     syy = norm_dy.square()
     if shift:
         sum_dx, sum_dy, scale_x, scale_y = shift
