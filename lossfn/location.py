@@ -339,6 +339,11 @@ def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch
     n = present.sum(-1, keepdim=True)
     place = torch.arange(m, device=r.device)
     counted = place < n
+    # A band at least as wide as the points' span gives their mean, whatever its
+    # width: capped there (exactly the same root), c·n and r ± 2c stay finite
+    # wherever the data's own sums do (δ = 1e308 would overflow them).
+    span = ordered.gather(-1, (n - 1).clamp(min=0)) - ordered[..., :1]
+    c = torch.minimum(c, torch.where(span > 0, span, 1.0))
     sums = _outward_prefix_sums(ordered, place, counted, n // 2)
     low_knots, high_knots = ordered - c, ordered + c
     below = torch.searchsorted(ordered, low_knots - c, right=False)  # a_j
@@ -433,9 +438,6 @@ def huber_location(
     else:
         s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(centre.shape)
     c = (torch.as_tensor(delta, dtype=x.dtype, device=x.device) * s).expand(centre.shape)
-    # A band wider than every spread the data can have is the mean's: capped
-    # there, c·n and r ± 2c stay finite (δ = 1e308 would overflow them).
-    widest = torch.finfo(x.dtype).max / (4 * max(x.shape[-1], 1))
-    shift = _huber_root(r, w, torch.where(c > 0, c, 1.0).clamp(max=widest))
+    shift = _huber_root(r, w, torch.where(c > 0, c, 1.0))
     location = torch.where(c > 0, centre + shift, centre)
     return LocationScale(location, s)

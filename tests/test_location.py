@@ -185,6 +185,20 @@ def test_huber_location_with_a_band_wider_than_the_float_range_is_the_mean():
     torch.testing.assert_close(location.huber_location(x, delta=1e308, scale=10.0).location, x.mean(-1))
 
 
+def test_huber_location_of_float32_data_near_the_top_of_the_range():
+    # Exp(1)·1e35, m = 2000: c ≈ 9.4e34. A cap on c at finfo.max/(4m) once
+    # turned this into another estimator (13% off) without a sign; only a band
+    # wider than the points' span may be narrowed (to the span: the same mean).
+    g = torch.Generator().manual_seed(0)
+    x = (-torch.rand(2000, generator=g, dtype=torch.float64).log() * 1e35).float()
+    fit = location.huber_location(x)
+    xs = x.double().numpy() * 2.0**-116  # exactly rescaled, float64
+    med = np.median(xs)
+    s = np.median(np.abs(xs - med)) / location.MAD_TO_SIGMA
+    exact = float(_exact_huber_root(xs, 1.345 * s)) / 2.0**-116
+    assert fit.location.item() == pytest.approx(exact, rel=1e-6)
+
+
 def test_huber_location_in_float32_on_the_network():
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((2100, 25)) ** 3 * 5 + 100).astype(np.float32)

@@ -98,7 +98,7 @@ class Moments(NamedTuple):
     corr: torch.Tensor  # ρ̂ = Sxy/√(Sxx·Syy)
     slope: torch.Tensor  # β̂ = Sxy/Sxx
     residual_norm: torch.Tensor  # ‖y − ȳ − β̂(x − x̄)‖ = √SSR, SSR = Syy − β̂·Sxy
-    ssr: torch.Tensor  # SSR: 0 or inf where it lies outside the dtype's range
+    sigma2: torch.Tensor  # SSR/n: 0 or inf where it lies outside the dtype's range
     unexplained: torch.Tensor  # SSR/Syy = 1 − r²
 
 
@@ -200,11 +200,11 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     mask ``size`` is the larger of ``|c|`` and ``Σ|v|`` over the first
     :data:`SCALE_SAMPLES` points (a full pass for the largest value was
     measured to cost unmasked fits 40–70%); with one, where the first points
-    may be absent, ``Σ|v|`` over the present points (a pass over data in
+    may be absent, ``max|v|`` over the present points (a pass over data in
     cache). A dataset whose mean and first points are all far smaller than its
     other values can still over- or underflow: :func:`moments` then reports it
-    (non-finite or inconsistent sums, and the fit is not ok). float64 squares
-    hold any spread from 1e-150 to 1e150 and are not scaled.
+    (non-finite, inconsistent or subnormal sums: the fit is not ok). float64
+    squares hold any spread from 1e-150 to 1e150 and are not scaled.
     """
     if present is None:
         centre = v.sum(-1) / n
@@ -217,7 +217,7 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     centre = v.sum(-1) / n
     # v − c·w keeps absent points at 0 in one fused op.
     centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
-    return centre, centred, v.abs().sum(-1) if v.dtype == torch.float32 else None
+    return centre, centred, v.abs().amax(-1) if v.dtype == torch.float32 else None
 
 
 def _line_sums(y, x, present, n):
@@ -270,6 +270,13 @@ def moments(data: Data) -> Moments:
         # Σdy² that underflowed to 0 next to a nonzero Σdx·dy (impossible by
         # Cauchy–Schwarz) is a unit that missed the data's size: nan, not ok.
         syy = torch.where((syy == 0) & (sxy != 0), torch.nan, syy)
+        # A unit that missed the data's size can also leave the squares subnormal,
+        # not 0, and they lose digits silently: each rounds by up to 2^-150, so a
+        # nonzero sum below n·2^-126 is not known to eps. Any spread that a
+        # right unit resolves gives far more (≥ 2^-48/n): nan, not ok.
+        floor = n * 2.0**-126
+        sxx = torch.where((sxx > 0) & (sxx < floor), torch.nan, sxx)
+        syy = torch.where((syy > 0) & (syy < floor), torch.nan, syy)
     slope = sxy / sxx
     # Syy − β·Sxy cancels as r² → 1: SSR keeps about log10((1 − r²)/eps)
     # digits (9 in float64 at r² = 1 − 1e-7; Norris keeps 11.7). A pass over
@@ -281,4 +288,4 @@ def moments(data: Data) -> Moments:
         slope = (slope.double() * (scale_x.double() / scale_y.double())).to(slope.dtype)
     return Moments(cx, cy, _in_units(sxx.sqrt(), scale_x), _in_units(syy.sqrt(), scale_y),
                    sxy / (sxx * syy).sqrt(), slope, _in_units(ssr.sqrt(), scale_y),
-                   _in_units(_in_units(ssr, scale_y), scale_y), ssr / syy)
+                   _in_units(_in_units(ssr / n, scale_y), scale_y), ssr / syy)

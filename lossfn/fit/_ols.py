@@ -72,10 +72,11 @@ def ols(
     matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
     StRD problems (Filip included) and never truncates the rank silently.
     float32 works at any scale of the data, not only where its squares fit in
-    float32 (about 1e-19 to 1e19): one predictor is brought to a power-of-two
-    unit of its size (exact), several get their Gram matrices in float64 on the
-    CPU. ``sigma2`` alone can then round to 0 or inf, where its true value lies
-    outside float32's range.
+    float32 (about 1e-19 to 1e19): one predictor and the response are brought
+    to power-of-two units of their size (exact); several predictors get their
+    Gram matrices in float64 on the CPU, and on accelerators in float32 with
+    every column in a power-of-two unit. ``sigma2`` alone can then round to 0
+    or inf, where its own value lies outside float32's range.
     Degenerate datasets give nan fields and ``ok=False``; they never raise and
     never touch the other datasets. Runs under ``torch.func.vmap`` and
     autograd; dtype and device follow the inputs.
@@ -117,7 +118,7 @@ def _finish(
     data: Data,
     alpha: torch.Tensor,
     beta: torch.Tensor,
-    ssr: torch.Tensor,
+    sigma2: torch.Tensor,
     stderr: torch.Tensor,
     unexplained: torch.Tensor,
     p: int,
@@ -126,10 +127,11 @@ def _finish(
 ) -> OLSFit:
     """Assemble the record; nan out every float field of a failed dataset.
 
-    ``unexplained`` is SSR over the total sum of squares, ``residual_norm`` √SSR:
-    both are representable wherever the data are. σ̂² = SSR/n rounds to 0 or
-    overflows only where its true value lies outside the dtype's range (float32
-    data of scale below ~1e-19 or above ~1e19), and the fit stays ok.
+    ``sigma2`` is σ̂² = SSR/n, ``unexplained`` SSR over the total sum of
+    squares, ``residual_norm`` √SSR; the last two are representable wherever
+    the data are. σ̂² rounds to 0 or overflows only where its own value lies
+    outside the dtype's range (float32 data of scale below ~1e-19 or above
+    ~1e19), and the fit stays ok.
     """
     n = data.n
     # nan/inf anywhere in a present point reaches these: one check suffices.
@@ -140,7 +142,7 @@ def _finish(
     poison = torch.where(ok, 0.0, torch.nan).to(alpha.dtype)
     per_coef = poison if data.simple else poison.unsqueeze(-1)
     return OLSFit(
-        alpha + poison, beta + per_coef, ssr / n + poison, stderr + poison.unsqueeze(-1),
+        alpha + poison, beta + per_coef, sigma2 + poison, stderr + poison.unsqueeze(-1),
         1 - unexplained + poison, n.to(torch.int64), ok,
     )
 
@@ -166,7 +168,8 @@ def _simple(data: Data) -> OLSFit:
     # A norm that overflowed (float32 data spanning > ~1e15, see _design._centred)
     # would leave a slope of 0: not ok.
     varies = (mo.norm_x > noise_floor(mo.mean_x, n)) & torch.isfinite(mo.norm_x)
-    return _finish(data, alpha, beta, mo.ssr, stderr, mo.unexplained, 2, varies, mo.residual_norm)
+    return _finish(data, alpha, beta, mo.sigma2, stderr, mo.unexplained, 2, varies,
+                   mo.residual_norm)
 
 
 def _simple_origin(data: Data) -> OLSFit:
@@ -177,7 +180,7 @@ def _simple_origin(data: Data) -> OLSFit:
     # over- or underflow (see _design._centred); a rare path: a full pass each.
     scale_x = scale_y = None
     if x.dtype == torch.float32:
-        scale_x, scale_y = (power_of_two_scale(v.abs().sum(-1)) for v in (x, y))
+        scale_x, scale_y = (power_of_two_scale(v.abs().amax(-1)) for v in (x, y))
         x, y = x * scale_x.unsqueeze(-1), y * scale_y.unsqueeze(-1)
     sxx = torch.linalg.vecdot(x, x)
     beta = torch.linalg.vecdot(x, y) / sxx
@@ -188,11 +191,12 @@ def _simple_origin(data: Data) -> OLSFit:
         ratio = scale_x.double() / scale_y.double()
         beta, stderr = (beta.double() * ratio).to(beta.dtype), (stderr.double() * ratio).to(beta.dtype)
     unexplained = ssr / torch.linalg.vecdot(y, y)
-    ssr_root = ssr.sqrt()
+    # σ̂² divided by n before the unit comes off: SSR itself may overflow where SSR/n does not.
+    sigma2, ssr_root = ssr / data.n, ssr.sqrt()
     if scale_y is not None:
-        ssr, ssr_root = ssr / scale_y / scale_y, ssr_root / scale_y
-    return _finish(data, torch.zeros_like(beta), beta, ssr, stderr.unsqueeze(-1), unexplained, 1,
-                   (sxx > 0) & torch.isfinite(sxx), ssr_root)
+        sigma2, ssr_root = sigma2 / scale_y / scale_y, ssr_root / scale_y
+    return _finish(data, torch.zeros_like(beta), beta, sigma2, stderr.unsqueeze(-1), unexplained,
+                   1, (sxx > 0) & torch.isfinite(sxx), ssr_root)
 
 
 def _precision(x: torch.Tensor):
@@ -225,31 +229,34 @@ def _multiple_block(y, x, present, n, intercept: bool):
     rows = None if present is None else present.unsqueeze(columns)
     if rows is not None:
         aug.masked_fill_(~rows, 0.0)  # nan or inf at absent points is never read
+    unit = None
+    if work != torch.float64:
+        # float32 (accelerators): each column in a power-of-two unit of its
+        # largest value (exact; before the mean, whose sum could overflow),
+        # since float32 Gram entries over- or underflow for data beyond about
+        # 1e±19 (y of 1e-30 once gave standard errors of 0 with ok=True).
+        unit = power_of_two_scale(aug.abs().amax(points))  # (..., kp); 1 for the zero pads
+        aug.mul_(unit.unsqueeze(points))
     offset = None
     if intercept:
         mean = aug.sum(points) / n.unsqueeze(-1)
         aug.sub_(mean.unsqueeze(points))
         if rows is not None:  # absent points back to 0 (addcmul_ has no vmap rule)
             aug.masked_fill_(~rows, 0.0)
+        if unit is not None:
+            # The first-pass mean is off by about eps·|mean|, not small next to
+            # the spread in float32 with large offsets: the mean that is left
+            # is removed exactly in the solver's small algebra. In float64 it
+            # would change the Gram matrix only in the second order (≈ (eps·
+            # mean/spread)²), and the pass is saved.
+            offset = aug.sum(points) / n.unsqueeze(-1)
+            mean = mean + offset
     else:
         mean = torch.zeros_like(aug.select(points, 0))
-    if work == torch.float64:
-        # In float64 the first-pass mean's error (≈ eps·|mean|) would change
-        # the Gram matrix only in the second order (≈ (eps·mean/spread)²).
-        return (mean[..., : d + 1],) + centred_grams(aug, None, n, mean[..., :d], data_eps=data_eps)
-    # float32 (accelerators): each column in a power-of-two unit of its size
-    # (exact), since float32 Gram entries over- or underflow for data beyond
-    # about 1e±19 (y of 1e-30 once gave standard errors of 0 with ok=True).
-    unit = power_of_two_scale(aug.abs().sum(points))  # (..., kp); 1 for the zero pads
-    aug.mul_(unit.unsqueeze(points))
-    if intercept:
-        # The first-pass mean is off by about eps·|mean|, not small next to the
-        # spread in float32 with large offsets: the mean that is left is removed
-        # exactly in the solver's small algebra.
-        offset = aug.sum(points) / n.unsqueeze(-1)
-        mean = mean + offset / unit
-    grams = centred_grams(aug, offset, n, (mean * unit)[..., :d], data_eps=data_eps)
-    return (mean[..., : d + 1],) + grams + (unit[..., : d + 1],)
+    grams = centred_grams(aug, offset, n, mean[..., :d], data_eps=data_eps)
+    if unit is None:
+        return (mean[..., : d + 1],) + grams
+    return ((mean / unit)[..., : d + 1],) + grams + (unit[..., : d + 1],)
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
@@ -279,13 +286,14 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
     se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
     coef, residual_norm = sol.coef, sol.ssr.sqrt()
-    ssr, unexplained = sol.ssr, sol.ssr / sol.total
+    # σ̂² divided by n before the unit comes off: SSR itself may overflow where SSR/n does not.
+    sigma2, unexplained = sol.ssr / n, sol.ssr / sol.total
     if ux is not None:
         # The units' ratio can leave float32's range where the result does not.
         ratio = (ux.double() / uy.double().unsqueeze(-1))
         coef = (coef.double() * ratio).to(coef.dtype)
         se_slope = (se_slope.double() * ratio).to(coef.dtype)
-        residual_norm, ssr = residual_norm / uy, ssr / uy / uy
+        residual_norm, sigma2 = residual_norm / uy, sigma2 / uy / uy
     if intercept:
         mean_x, mean_y = means[..., :d], means[..., d]
         alpha = mean_y - torch.linalg.vecdot(mean_x, coef)
@@ -297,7 +305,8 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     else:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
-    alpha, coef, ssr, stderr, unexplained, residual_norm = (
-        v.to(data.y.dtype) for v in (alpha, coef, ssr, stderr, unexplained, residual_norm)
+    alpha, coef, sigma2, stderr, unexplained, residual_norm = (
+        v.to(data.y.dtype) for v in (alpha, coef, sigma2, stderr, unexplained, residual_norm)
     )
-    return _finish(data, alpha, coef, ssr, stderr, unexplained, p, sol.full_rank, residual_norm)
+    return _finish(data, alpha, coef, sigma2, stderr, unexplained, p, sol.full_rank,
+                   residual_norm)

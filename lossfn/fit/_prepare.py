@@ -70,6 +70,12 @@ def standardize(
     count = weight.sum(-1).clamp(min=1)
     w_col = weight.unsqueeze(-1)
 
+    # Every column and y in a power-of-two unit of its largest value (exact),
+    # before any sum: float32 data of 1e38 overflow their sums, of 1e±25 their
+    # squares. Centres and scales are converted back at the end.
+    x_unit = power_of_two_scale(cols.abs().amax(-2)).unsqueeze(-2)
+    y_unit = power_of_two_scale(y.abs().amax(-1)).unsqueeze(-1)
+    cols, y = cols * x_unit, y * y_unit
     if intercept:
         x_centre = cols.sum(-2) / count.unsqueeze(-1)
         y_centre = y.sum(-1) / count
@@ -77,11 +83,7 @@ def standardize(
         x_centre = cols.new_zeros(cols.shape[:-2] + cols.shape[-1:])
         y_centre = y.new_zeros(y.shape[:-1])
     centred = (cols - x_centre.unsqueeze(-2)) * w_col
-    # The root mean square in a power-of-two unit of the column's size (exact):
-    # squares of float32 columns of 1e25 or 1e-25 would over- or underflow.
-    unit = power_of_two_scale(centred.abs().sum(-2) / count.unsqueeze(-1)).unsqueeze(-2)
-    in_unit = centred * unit
-    x_scale = ((in_unit * in_unit).sum(-2) / count.unsqueeze(-1)).sqrt() / unit.squeeze(-2)
+    x_scale = ((centred * centred).sum(-2) / count.unsqueeze(-1)).sqrt()
     # The rank rule of fit.ols: a centred column whose norm is within rounding
     # noise of its offset is constant, whatever its last bits say.
     spread = x_scale * count.unsqueeze(-1).sqrt()
@@ -93,6 +95,9 @@ def standardize(
     y_scale = shifted.abs().sum(-1) / count
     y_scale = torch.where((y_scale > 0) & torch.isfinite(y_scale), y_scale, 1.0)
     response = shifted / y_scale.unsqueeze(-1)
+    x_unit, y_unit = x_unit.squeeze(-2), y_unit.squeeze(-1)
+    x_centre, x_scale = x_centre / x_unit, x_scale / x_unit
+    y_centre, y_scale = y_centre / y_unit, y_scale / y_unit
 
     design = torch.cat([w_col, columns], dim=-1) if intercept else columns
     form = StandardForm(design, response, weight, x_centre, x_scale, y_centre, y_scale, informative)

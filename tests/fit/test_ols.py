@@ -571,6 +571,53 @@ def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y, masked):
         assert std.std_y[k].item() == pytest.approx(ys.std(), rel=1e-5)
 
 
+def test_float32_subnormal_sums_are_not_ok():
+    # No mask, the first points and the mean 0: the unit stays 1 and Σ(x − x̄)²
+    # of 1e-44 is subnormal, a few significant bits. Once ok=True with the
+    # standard errors 0; the masked path (a unit from every point) fits it.
+    k = np.r_[0, 0, 0, 0, np.arange(1, 9), -np.arange(1, 9)].astype(np.float64)
+    x = torch.tensor(k * 10**-22.8, dtype=torch.float32)
+    y = torch.tensor(3.0 * k + np.sin(np.arange(k.size)), dtype=torch.float32)
+    assert not fit.ols(x, y).ok
+    res = fit.ols(x, y, mask=torch.ones(k.size, dtype=torch.bool))
+    ref = scipy.stats.linregress(x.double().numpy() * 2.0**76, y.double().numpy())  # exact rescaling
+    assert res.ok and res.slope.item() == pytest.approx(ref.slope * 2.0**76, rel=1e-5)
+    assert res.stderr[1].item() == pytest.approx(ref.stderr * 2.0**76, rel=1e-4)
+
+
+@pytest.mark.parametrize("route", ["cpu", "accelerator"])
+def test_float32_sigma2_where_ssr_overflows_but_ssr_over_n_does_not(monkeypatch, route):
+    # m = 4000, noise of 2e18: SSR ≈ 1.6e40 overflows float32, σ̂² ≈ 4e36 does not.
+    if route == "accelerator":
+        monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda x: (x.dtype, None))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4000, 2, generator=g, dtype=torch.float64)
+    y = (x @ torch.tensor([1.0, 2.0], dtype=torch.float64)
+         + torch.randn(1, 4000, generator=g, dtype=torch.float64)) * 2e18
+    x32, y32 = x.float(), y.float()
+    for design in (x32, x32[..., 0]):
+        res = fit.ols(design, y32)
+        A = np.c_[np.ones(4000), design[0].double().numpy().reshape(4000, -1)]
+        ys = y32[0].double().numpy() * 2.0**-61  # exactly rescaled
+        r = ys - A @ np.linalg.lstsq(A, ys, rcond=None)[0]
+        assert res.ok and res.sigma2.item() == pytest.approx((r @ r) / 4000 * 2.0**122, rel=1e-4)
+
+
+def test_float32_columns_near_the_top_of_the_range(monkeypatch):
+    # x of 1e38: Σ|x| overflows before any value does; units from the largest value.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 12, 2, generator=g)
+    y = x @ torch.tensor([2.0, -1.0]) + 0.5 + 0.1 * torch.randn(2, 12, generator=g)
+    big = x * 1e38
+    monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda x: (x.dtype, None))
+    for res in (fit.ols(big, y), fit.lad(big, y), fit.huber(big, y)):
+        assert res.ok.all()
+    res = fit.ols(big, y)
+    for k in range(2):
+        ref = sm.OLS(y[k].double().numpy(), sm.add_constant(big[k].double().numpy() / 1e38)).fit()
+        np.testing.assert_allclose(res.slope[k].double().numpy() * 1e38, ref.params[1:], rtol=1e-4)
+
+
 def test_float32_slope_whose_units_ratio_leaves_float32():
     # x of 1e-30 and y of 1e9 ± 1e3: units 2^100 and 2^-30, whose ratio 2^130
     # overflows float32, while the slope (2e33) does not.
@@ -618,13 +665,22 @@ def test_float32_route_of_accelerators_at_any_scale(monkeypatch, scale_x, scale_
     y = x @ torch.tensor([1.5, -2.0], dtype=torch.float64) + 0.7 + 0.2 * torch.randn(
         3, 80, generator=gen, dtype=torch.float64)
     x32, y32 = (x * scale_x).float(), (y * scale_y).float()
-    res = fit.ols(x32, y32)
-    assert res.ok.all()
-    for k in range(3):
-        xs, ys = x32[k].double().numpy() / scale_x, y32[k].double().numpy() / scale_y
-        ref = sm.OLS(ys, sm.add_constant(xs)).fit()
-        unit = np.r_[scale_y, np.full(2, scale_y / scale_x)]
-        ours = np.r_[res.intercept[k].item(), res.slope[k].double().numpy()]
-        np.testing.assert_allclose(ours / unit, ref.params, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(res.stderr[k].double().numpy() / unit, ref.bse, rtol=1e-3)
-        assert res.r2[k].item() == pytest.approx(ref.rsquared, abs=1e-5)
+    mask = torch.ones(3, 80, dtype=torch.bool)
+    mask[1, 60:] = False
+    for given in (None, mask):
+        for intercept in (True, False):
+            res = fit.ols(x32, y32, mask=given, intercept=intercept)
+            assert res.ok.all()
+            for k in range(3):
+                keep = mask[k].numpy() if given is not None else np.ones(80, dtype=bool)
+                xs = x32[k].double().numpy()[keep] / scale_x
+                ys = y32[k].double().numpy()[keep] / scale_y
+                ref = sm.OLS(ys, sm.add_constant(xs) if intercept else xs).fit()
+                unit = np.r_[scale_y, np.full(2, scale_y / scale_x)][0 if intercept else 1:]
+                ours = np.r_[res.intercept[k].item(), res.slope[k].double().numpy()][0 if intercept else 1:]
+                np.testing.assert_allclose(ours / unit, ref.params, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(res.stderr[k].double().numpy() / unit, ref.bse, rtol=1e-3)
+                assert res.r2[k].item() == pytest.approx(ref.rsquared, abs=1e-5)
+                sigma2 = ref.ssr / keep.sum() * scale_y**2
+                if 1e-37 < sigma2 < 1e37:
+                    assert res.sigma2[k].item() == pytest.approx(sigma2, rel=1e-3)
