@@ -70,12 +70,15 @@ def standardize(
     count = weight.sum(-1).clamp(min=1)
     w_col = weight.unsqueeze(-1)
 
-    # Every column and y in a power-of-two unit of its largest value (exact),
-    # before any sum: float32 data of 1e38 overflow their sums, of 1e±25 their
-    # squares. Centres and scales are converted back at the end.
-    x_unit = power_of_two_scale(cols.abs().amax(-2)).unsqueeze(-2)
-    y_unit = power_of_two_scale(y.abs().amax(-1)).unsqueeze(-1)
-    cols, y = cols * x_unit, y * y_unit
+    # float32: every column and y in a power-of-two unit of its largest value
+    # (exact), before any sum: data of 1e38 overflow their sums, of 1e±25 their
+    # squares. Centres and scales are converted back at the end. float64 holds
+    # squares from 1e-150 to 1e150, and its fits keep the two passes.
+    scaled = cols.dtype == torch.float32
+    if scaled:
+        x_unit = power_of_two_scale(cols.abs().amax(-2)).unsqueeze(-2)
+        y_unit = power_of_two_scale(y.abs().amax(-1)).unsqueeze(-1)
+        cols, y = cols * x_unit, y * y_unit
     if intercept:
         x_centre = cols.sum(-2) / count.unsqueeze(-1)
         y_centre = y.sum(-1) / count
@@ -95,9 +98,10 @@ def standardize(
     y_scale = shifted.abs().sum(-1) / count
     y_scale = torch.where((y_scale > 0) & torch.isfinite(y_scale), y_scale, 1.0)
     response = shifted / y_scale.unsqueeze(-1)
-    x_unit, y_unit = x_unit.squeeze(-2), y_unit.squeeze(-1)
-    x_centre, x_scale = x_centre / x_unit, x_scale / x_unit
-    y_centre, y_scale = y_centre / y_unit, y_scale / y_unit
+    if scaled:
+        x_unit, y_unit = x_unit.squeeze(-2), y_unit.squeeze(-1)
+        x_centre, x_scale = x_centre / x_unit, x_scale / x_unit
+        y_centre, y_scale = y_centre / y_unit, y_scale / y_unit
 
     design = torch.cat([w_col, columns], dim=-1) if intercept else columns
     form = StandardForm(design, response, weight, x_centre, x_scale, y_centre, y_scale, informative)
