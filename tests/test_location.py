@@ -186,12 +186,13 @@ def test_huber_location_with_a_band_wider_than_the_float_range_is_the_mean():
 
 
 def test_huber_location_of_float32_data_near_the_top_of_the_range():
-    # Exp(1)·1e35, m = 2000: c ≈ 9.4e34. A cap on c at finfo.max/(4m) once
-    # turned this into another estimator (13% off) without a sign; only a band
+    # Exp(1)·1e36, m = 200: c ≈ 9e35. A cap on c at finfo.max/(4m) = 4.3e35
+    # once turned this into another estimator without a sign; only a band
     # wider than the points' span may be narrowed (to the span: the same mean).
     g = torch.Generator().manual_seed(0)
-    x = (-torch.rand(2000, generator=g, dtype=torch.float64).log() * 1e35).float()
+    x = (-torch.rand(200, generator=g, dtype=torch.float64).log() * 1e36).float()
     fit = location.huber_location(x)
+    assert 1.345 * fit.scale.item() > torch.finfo(torch.float32).max / (4 * 200)
     xs = x.double().numpy() * 2.0**-116  # exactly rescaled, float64
     med = np.median(xs)
     s = np.median(np.abs(xs - med)) / location.MAD_TO_SIGMA
