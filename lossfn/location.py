@@ -26,6 +26,7 @@ import torch
 
 from . import _selection
 from ._checks import check_float_tensor, check_mask
+from ._units import power_of_two_scale
 
 __all__ = [
     "LocationScale",
@@ -344,6 +345,14 @@ def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch
     # wherever the data's own sums do (δ = 1e308 would overflow them).
     span = ordered.gather(-1, (n - 1).clamp(min=0)) - ordered[..., :1]
     c = torch.minimum(c, torch.where(span > 0, span, 1.0))
+    # c·n and r ± 2c reach 4·n·span: where that overflows (float32 data of 1e36
+    # at m = 400, or a span that itself overflows), work in a power-of-two unit
+    # (exact, but for values that underflow there, far below the data's ulp).
+    top = torch.maximum(ordered[..., :1].abs(), ordered.gather(-1, (n - 1).clamp(min=0)).abs())
+    reach = (8 * n).to(span.dtype)
+    big = ~torch.isfinite(span * reach) & torch.isfinite(top)
+    unit = torch.where(big, power_of_two_scale(top) * power_of_two_scale(reach), 1.0)
+    ordered, c = ordered * unit, c * unit
     sums = _outward_prefix_sums(ordered, place, counted, n // 2)
     low_knots, high_knots = ordered - c, ordered + c
     below = torch.searchsorted(ordered, low_knots - c, right=False)  # a_j
@@ -377,7 +386,7 @@ def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch
     # (torch.minimum/maximum would split it with the knot's at a tie).
     inside = torch.where(root < lower, lower, torch.where(root > upper, upper, root))
     root = torch.where(n_band > 0, inside, 0.5 * lower + 0.5 * upper)
-    return 0.5 * root[..., 0] + 0.5 * root[..., 1]
+    return (0.5 * root[..., 0] + 0.5 * root[..., 1]) / unit.squeeze(-1)
 
 
 def _outward_prefix_sums(ordered: torch.Tensor, place: torch.Tensor, counted: torch.Tensor,

@@ -200,6 +200,25 @@ def test_huber_location_of_float32_data_near_the_top_of_the_range():
     assert fit.location.item() == pytest.approx(exact, rel=1e-6)
 
 
+@pytest.mark.parametrize("case", ["four", "uniform", "three", "outlier", "float64"])
+def test_huber_location_with_a_band_whose_sums_would_overflow_is_the_mean(case):
+    # δ·s far beyond the data: the mean. c·n and r ± 2c reach 4·n·span, which
+    # overflowed (wrong means, nan) for data near the top of the range.
+    x, kw = {
+        "four": (torch.tensor([-1e38, 1e38, 0.5e38, 0.9e38]), dict(delta=1e6)),
+        "uniform": (torch.rand(400, generator=torch.Generator().manual_seed(0)) * 1.6e38 - 0.8e38,
+                    dict(delta=1e6)),
+        "three": (torch.tensor([-1e38, 1e38, 0.5e38]), dict(delta=3e38, scale=1.0)),
+        "outlier": (torch.cat([torch.linspace(-1e36, 1e36, 199), torch.tensor([3e36])]),
+                    dict(delta=3e38, scale=1.0)),
+        "float64": (torch.tensor([-1e308, 1e308, 0.5e308], dtype=torch.float64),
+                    dict(delta=1.7e308, scale=1.0)),
+    }[case]
+    mean = float(sum(Fraction(float(v)) for v in x) / len(x))
+    eps = torch.finfo(x.dtype).eps
+    assert location.huber_location(x, **kw).location.item() == pytest.approx(mean, rel=8 * eps * len(x))
+
+
 def test_huber_location_in_float32_on_the_network():
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((2100, 25)) ** 3 * 5 + 100).astype(np.float32)

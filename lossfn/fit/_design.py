@@ -20,15 +20,15 @@ Everything is free of Python branches on tensor values (``torch.func.vmap``-safe
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch
 
 from .._checks import check_regression_data
+from .._units import largest_abs, power_of_two_scale
 
 __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
-           "packed_symmetric_index", "power_of_two_scale"]
+           "packed_symmetric_index"]
 
 
 class Data(NamedTuple):
@@ -172,22 +172,6 @@ def _flat_views(arrays: tuple, dims: int) -> Optional[tuple]:
 SCALE_SAMPLES = 4
 
 
-def power_of_two_scale(size: torch.Tensor) -> torch.Tensor:
-    """The power of two ``2^−e`` that brings ``size`` ``(...)`` into ``[½, 1)``, float32 or float64.
-
-    Multiplying by it is exact, so data scaled by it round exactly as before.
-    ``e`` is clamped so that the scale stays a normal number; a size of 0 or not
-    finite gets 1. No gradient flows through it.
-    """
-    if size.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"power_of_two_scale: float32 or float64, got {size.dtype}")
-    bound = int(math.log2(torch.finfo(size.dtype).max)) - 1  # 126 (float32), 1022 (float64)
-    e = torch.frexp(size.detach())[1].clamp(-bound, bound)
-    # 2^−e from its bits: exact on every device (pow and exp2 need not be).
-    bits, mantissa = (torch.int32, 23) if size.dtype == torch.float32 else (torch.int64, 52)
-    return ((bound + 1 - e.to(bits)) << mantissa).view(size.dtype)
-
-
 def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     """``(c, v − c, size)``: the first-pass mean ``c``, the centred data (0 at
     absent points) and, for float32, a size for their unit (None for float64).
@@ -217,7 +201,7 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     centre = v.sum(-1) / n
     # v − c·w keeps absent points at 0 in one fused op.
     centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
-    return centre, centred, v.abs().amax(-1) if v.dtype == torch.float32 else None
+    return centre, centred, largest_abs(v, -1) if v.dtype == torch.float32 else None
 
 
 def _line_sums(y, x, present, n):

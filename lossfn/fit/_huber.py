@@ -55,6 +55,7 @@ from ._prepare import (
     independent_rows,
     middle_pair,
     middle_ranks,
+    representable,
     standardize,
     tracked_middle_pair,
     unstandardize,
@@ -324,5 +325,5 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
     # A scale within rounding of 0 means more than half the points lie on the
     # fit (RLM warns and stops there); the estimate is then not meaningful.
     floor = 1000 * eps * std.y_scale if scale is None else 0.0
-    ok = usable & done & (s > floor)
+    ok = usable & done & (s > floor) & representable(beta, icpt, slope, simple)
     return HuberFit(icpt, slope, s, iterations, done, ok)

@@ -43,7 +43,8 @@ import torch
 from einops import rearrange
 
 from .._checks import check_fit_options
-from ._prepare import blank_where, fit_in_blocks, independent_rows, standardize, unstandardize
+from ._prepare import (blank_where, fit_in_blocks, independent_rows, representable, standardize,
+                       unstandardize)
 from ._wls import fitted, project, wls_step
 
 __all__ = ["LADFit", "lad"]
@@ -266,5 +267,6 @@ def _lad(x, y, *, mask, intercept, max_iter):
     ok = usable & (u.abs().amax(-1) <= 1 + u_tol)
     iterations = torch.where(usable, iterations, 0)
     icpt, slope = unstandardize(beta, std, intercept, simple)
+    ok = ok & representable(beta, icpt, slope, simple)
     icpt, slope, objective = blank_where(~usable, icpt, slope, objective)
     return LADFit(icpt, slope, objective, iterations, ok)

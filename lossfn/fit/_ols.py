@@ -22,8 +22,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_fit_options
-from ._design import (Data, in_blocks, moments, noise_floor, power_of_two_scale, prepare,
-                      zero_absent)
+from .._units import largest_abs, power_of_two_scale
+from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
 from ._solve import centred_grams, padded_rows, points_last, solve_grams
 
 __all__ = ["OLSFit", "ols"]
@@ -168,6 +168,9 @@ def _simple(data: Data) -> OLSFit:
     # A norm that overflowed (float32 data spanning > ~1e15, see _design._centred)
     # would leave a slope of 0: not ok.
     varies = (mo.norm_x > noise_floor(mo.mean_x, n)) & torch.isfinite(mo.norm_x)
+    # A slope below the dtype's normal range (x of 1e30, y of 1e-20 in float32) rounds to 0 or
+    # a few bits, and α = ȳ − β·x̄ loses β·x̄, which is representable: not ok.
+    varies = varies & ~((beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (mo.corr != 0))
     return _finish(data, alpha, beta, mo.sigma2, stderr, mo.unexplained, 2, varies,
                    mo.residual_norm)
 
@@ -180,7 +183,7 @@ def _simple_origin(data: Data) -> OLSFit:
     # over- or underflow (see _design._centred); a rare path: a full pass each.
     scale_x = scale_y = None
     if x.dtype == torch.float32:
-        scale_x, scale_y = (power_of_two_scale(v.abs().amax(-1)) for v in (x, y))
+        scale_x, scale_y = (power_of_two_scale(largest_abs(v, -1)) for v in (x, y))
         x, y = x * scale_x.unsqueeze(-1), y * scale_y.unsqueeze(-1)
     sxx = torch.linalg.vecdot(x, x)
     beta = torch.linalg.vecdot(x, y) / sxx
@@ -195,8 +198,9 @@ def _simple_origin(data: Data) -> OLSFit:
     sigma2, ssr_root = ssr / data.n, ssr.sqrt()
     if scale_y is not None:
         sigma2, ssr_root = sigma2 / scale_y / scale_y, ssr_root / scale_y
+    lost = (beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (torch.linalg.vecdot(x, y) != 0)
     return _finish(data, torch.zeros_like(beta), beta, sigma2, stderr.unsqueeze(-1), unexplained,
-                   1, (sxx > 0) & torch.isfinite(sxx), ssr_root)
+                   1, (sxx > 0) & torch.isfinite(sxx) & ~lost, ssr_root)
 
 
 def _precision(x: torch.Tensor):
@@ -235,7 +239,7 @@ def _multiple_block(y, x, present, n, intercept: bool):
         # largest value (exact; before the mean, whose sum could overflow),
         # since float32 Gram entries over- or underflow for data beyond about
         # 1e±19 (y of 1e-30 once gave standard errors of 0 with ok=True).
-        unit = power_of_two_scale(aug.abs().amax(points))  # (..., kp); 1 for the zero pads
+        unit = power_of_two_scale(largest_abs(aug, points))  # (..., kp); 1 for the zero pads
         aug.mul_(unit.unsqueeze(points))
     offset = None
     if intercept:
@@ -288,6 +292,7 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     coef, residual_norm = sol.coef, sol.ssr.sqrt()
     # σ̂² divided by n before the unit comes off: SSR itself may overflow where SSR/n does not.
     sigma2, unexplained = sol.ssr / n, sol.ssr / sol.total
+    scaled_coef = coef
     if ux is not None:
         # The units' ratio can leave float32's range where the result does not.
         ratio = (ux.double() / uy.double().unsqueeze(-1))
@@ -308,5 +313,8 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     alpha, coef, sigma2, stderr, unexplained, residual_norm = (
         v.to(data.y.dtype) for v in (alpha, coef, sigma2, stderr, unexplained, residual_norm)
     )
-    return _finish(data, alpha, coef, sigma2, stderr, unexplained, p, sol.full_rank,
+    # A coefficient below the dtype's normal range rounds to 0 or a few bits (and the
+    # intercept of the float32 routes loses its share): not ok.
+    lost = ((coef.abs() < torch.finfo(coef.dtype).tiny / 8) & (scaled_coef != 0)).any(-1)
+    return _finish(data, alpha, coef, sigma2, stderr, unexplained, p, sol.full_rank & ~lost,
                    residual_norm)

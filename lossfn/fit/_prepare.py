@@ -16,7 +16,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 
 from ..location import next_order_statistic
-from ._design import in_blocks, noise_floor, power_of_two_scale, prepare
+from .._units import largest_abs, power_of_two_scale
+from ._design import in_blocks, noise_floor, prepare
 from ._wls import fitted
 
 
@@ -76,8 +77,8 @@ def standardize(
     # squares from 1e-150 to 1e150, and its fits keep the two passes.
     scaled = cols.dtype == torch.float32
     if scaled:
-        x_unit = power_of_two_scale(cols.abs().amax(-2)).unsqueeze(-2)
-        y_unit = power_of_two_scale(y.abs().amax(-1)).unsqueeze(-1)
+        x_unit = power_of_two_scale(largest_abs(cols, -2)).unsqueeze(-2)
+        y_unit = power_of_two_scale(largest_abs(y, -1)).unsqueeze(-1)
         cols, y = cols * x_unit, y * y_unit
     if intercept:
         x_centre = cols.sum(-2) / count.unsqueeze(-1)
@@ -124,6 +125,20 @@ def unstandardize(
     else:
         icpt = beta.new_zeros(beta.shape[:-1])
     return icpt, slope.squeeze(-1) if simple else slope
+
+
+def representable(beta: torch.Tensor, icpt: torch.Tensor, slope: torch.Tensor, simple: bool) -> torch.Tensor:
+    """``(...)`` bool: the unstandardized fit is inside the dtype's range.
+
+    ``slope = b·y_scale/x_scale`` can overflow, or underflow to 0 or a subnormal
+    (float32 x of 1e30 and y of 1e-20), where ``b`` is an ordinary number; the
+    intercept then loses ``slope·x_centre``, which is representable. Subnormal
+    slopes down to ``tiny/8`` keep 20 bits and pass.
+    """
+    s = slope.unsqueeze(-1) if simple else slope
+    b = beta[..., beta.shape[-1] - s.shape[-1]:]
+    lost = (s.abs() < torch.finfo(s.dtype).tiny / 8) & (b != 0)
+    return torch.isfinite(icpt) & torch.isfinite(s).all(-1) & ~lost.any(-1)
 
 
 def independent_rows(
@@ -324,6 +339,16 @@ def fit_in_blocks(fit: Callable, result: type, fn: str, x, y, mask, per_dataset:
     dataset, one block.
     """
     data = prepare(fn, x, y, mask)
+    if data.y.shape[-1] == 0:
+        # No points (a rule on the shape): one absent point instead, so that every
+        # dataset takes the path of an all-masked one (nan fields, ok=False).
+        points = data.y.dim() - 1
+        shape = list(data.x.shape)
+        shape[points] = 1
+        x = data.x.new_zeros(shape)
+        y = data.y.new_zeros(data.y.shape[:-1] + (1,))
+        mask = torch.zeros(y.shape, dtype=torch.bool, device=y.device)
+        return fit_in_blocks(fit, result, fn, x, y, mask, per_dataset, **options)
     batch = data.y.shape[:-1]
     n = math.prod(batch)
     if data.y.device.type != "cpu" or n <= CPU_BLOCK:

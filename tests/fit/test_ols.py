@@ -603,6 +603,33 @@ def test_float32_sigma2_where_ssr_overflows_but_ssr_over_n_does_not(monkeypatch,
         assert res.ok and res.sigma2.item() == pytest.approx((r @ r) / 4000 * 2.0**122, rel=1e-4)
 
 
+def test_float32_coefficients_outside_the_range_are_not_ok(monkeypatch):
+    # x of 1e30, y of 1e-20: the slope (5e-51) rounds to 0 in float32, and the
+    # intercept then lost β·x̄ (5e-21, representable): once ok=True with an
+    # intercept 2.3x too large. x of 2^-100, y of 2^100: a slope of 2^200.
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(20, generator=g)
+    x = ((1 + u) * 1e30).float()
+    y = ((1 + 0.5 * u + 0.01 * torch.randn(20, generator=g)) * 1e-20).float()
+    x2 = torch.randn(40, generator=g)
+    y2 = 1.5 * x2 + 2 + torch.randn(40, generator=g)
+    cases = [(x, y), (x2 * 2.0**-100, y2 * 2.0**100)]
+    for xs, ys in cases:
+        fits = [fit.ols(xs, ys), fit.ols(xs, ys, mask=torch.ones(len(ys), dtype=torch.bool)),
+                fit.ols(xs[:, None], ys), fit.lad(xs, ys), fit.huber(xs, ys)]
+        monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda t: (t.dtype, None))
+        fits.append(fit.ols(xs[:, None], ys))
+        monkeypatch.undo()
+        assert not any(bool(f.ok) for f in fits)
+    # Empty datasets (m = 0) are not ok either, in float32 too, and raise nothing.
+    for dtype in (torch.float32, torch.float64):
+        none = torch.zeros(3, 0, dtype=dtype)
+        for f in (fit.ols(none, none), fit.ols(none, none, intercept=False),
+                  fit.ols(none, none, mask=torch.zeros(3, 0, dtype=torch.bool)),
+                  fit.ols(none.unsqueeze(-1), none), fit.lad(none, none), fit.huber(none, none)):
+            assert f.ok.shape == (3,) and not f.ok.any()
+
+
 def test_float32_columns_near_the_top_of_the_range(monkeypatch):
     # x of 1e38: Σ|x| overflows before any value does; units from the largest value.
     g = torch.Generator().manual_seed(1)
@@ -610,12 +637,21 @@ def test_float32_columns_near_the_top_of_the_range(monkeypatch):
     y = x @ torch.tensor([2.0, -1.0]) + 0.5 + 0.1 * torch.randn(2, 12, generator=g)
     big = x * 1e38
     monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda x: (x.dtype, None))
-    for res in (fit.ols(big, y), fit.lad(big, y), fit.huber(big, y)):
-        assert res.ok.all()
-    res = fit.ols(big, y)
+    fits = (fit.ols(big, y), fit.lad(big, y), fit.huber(big, y))
+    assert all(res.ok.all() for res in fits)
     for k in range(2):
-        ref = sm.OLS(y[k].double().numpy(), sm.add_constant(big[k].double().numpy() / 1e38)).fit()
-        np.testing.assert_allclose(res.slope[k].double().numpy() * 1e38, ref.params[1:], rtol=1e-4)
+        xs, ys = big[k].double().numpy() / 1e38, y[k].double().numpy()
+        ref = sm.OLS(ys, sm.add_constant(xs)).fit()
+        rlm = sm.RLM(ys, sm.add_constant(xs), M=sm.robust.norms.HuberT(t=1.345)).fit(maxiter=500, tol=1e-12)
+        np.testing.assert_allclose(fits[0].slope[k].double().numpy() * 1e38, ref.params[1:], rtol=1e-4)
+        np.testing.assert_allclose(fits[2].slope[k].double().numpy() * 1e38, rlm.params[1:], rtol=1e-3)
+        # LAD: the objective of the unit-scale problem at our coefficients is the LP optimum's.
+        from scipy.optimize import linprog
+        A = sm.add_constant(xs)
+        lp = linprog(np.r_[0, 0, 0, np.ones(24)], A_eq=np.c_[A, np.eye(12), -np.eye(12)], b_eq=ys,
+                     bounds=[(None, None)] * 3 + [(0, None)] * 24, method="highs")
+        ours = np.r_[fits[1].intercept[k].item(), fits[1].slope[k].double().numpy() * 1e38]
+        assert np.abs(ys - A @ ours).sum() == pytest.approx(lp.fun, rel=1e-5)
 
 
 def test_float32_slope_whose_units_ratio_leaves_float32():
