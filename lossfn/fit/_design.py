@@ -257,7 +257,7 @@ def moments(data: Data) -> Moments:
         # A unit that missed the data's size can also leave the squares subnormal,
         # not 0, and they lose digits silently: each rounds by up to 2^-150, so a
         # nonzero sum below n·2^-126 is not known to eps. Any spread that a
-        # right unit resolves gives far more (≥ 2^-48/n): nan, not ok.
+        # right unit resolves gives far more (about 2^-48, a heuristic bound): nan, not ok.
         floor = n * 2.0**-126
         sxx = torch.where((sxx > 0) & (sxx < floor), torch.nan, sxx)
         syy = torch.where((syy > 0) & (syy < floor), torch.nan, syy)
