@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_regression_data
-from .._units import largest_abs, power_of_two_scale
+from .._units import power_of_two_scale
 
 __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
            "packed_symmetric_index"]
@@ -180,28 +180,27 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     well inside the range of the data: data of physical size in SI units
     (masses of 1e-27 kg) would lose Σ(y − ȳ)² to underflow, and σ̂ and the
     standard errors with it. :func:`_line_sums` therefore brings float32 data to
-    a power-of-two unit of ``size`` (:func:`power_of_two_scale`). Without a
-    mask ``size`` is the larger of ``|c|`` and ``Σ|v|`` over the first
-    :data:`SCALE_SAMPLES` points (a full pass for the largest value was
-    measured to cost unmasked fits 40–70%); with one, where the first points
-    may be absent, ``max|v|`` over the present points (a pass over data in
-    cache). A dataset whose mean and first points are all far smaller than its
-    other values can still over- or underflow: :func:`moments` then reports it
-    (non-finite, inconsistent or subnormal sums: the fit is not ok). float64
-    squares hold any spread from 1e-150 to 1e150 and are not scaled.
+    a power-of-two unit of ``size`` (:func:`power_of_two_scale`): the larger of
+    ``|c|`` and ``Σ|v|`` over the first :data:`SCALE_SAMPLES` points, absent
+    ones as 0 (a full pass for the largest value was measured to cost
+    unmasked fits 40–70%, masked ones 20–30%). A dataset whose mean and first
+    points are all far smaller than its other values can still over- or
+    underflow: :func:`moments` then reports it (non-finite, inconsistent or
+    subnormal sums: the fit is not ok). float64 squares hold any spread from
+    1e-150 to 1e150 and are not scaled.
     """
     if present is None:
         centre = v.sum(-1) / n
         centred = v - centre.unsqueeze(-1)
-        if v.dtype != torch.float32:
-            return centre, centred, None
-        # The first points are in cache now, after the sum.
-        return centre, centred, torch.maximum(v[..., :SCALE_SAMPLES].abs().sum(-1), centre.abs())
-    v = torch.where(present, v, 0.0)  # nan or inf there is never read
-    centre = v.sum(-1) / n
-    # v − c·w keeps absent points at 0 in one fused op.
-    centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
-    return centre, centred, largest_abs(v, -1) if v.dtype == torch.float32 else None
+    else:
+        v = torch.where(present, v, 0.0)  # nan or inf there is never read
+        centre = v.sum(-1) / n
+        # v − c·w keeps absent points at 0 in one fused op.
+        centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
+    if v.dtype != torch.float32:
+        return centre, centred, None
+    # The first points are in cache now, after the sum; absent ones count as 0.
+    return centre, centred, torch.maximum(v[..., :SCALE_SAMPLES].abs().sum(-1), centre.abs())
 
 
 def _line_sums(y, x, present, n):
