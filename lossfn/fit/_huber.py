@@ -86,10 +86,10 @@ class HuberFit(NamedTuple):
         converged: the last step changed ``β`` (in units of the standardized
             problem) and ``s`` by at most ``tol`` relative, with ``s`` from an
             exact median ``(...)``.
-        ok: full column rank, positive scale and converged ``(...)``. Where the
-            design is rank-deficient (constant x, fewer points than
-            coefficients, all masked) ``intercept``, ``slope`` and ``scale``
-            are nan.
+        ok: full column rank, positive scale, converged, and coefficients
+            inside the dtype's range ``(...)``. Where the design is
+            rank-deficient (constant x, fewer points than coefficients, all
+            masked) ``intercept``, ``slope`` and ``scale`` are nan.
     """
 
     intercept: torch.Tensor

@@ -69,11 +69,13 @@ class LADFit(NamedTuple):
         objective: ``Σ|yᵢ − ŷᵢ|`` over the present points ``(...)``; divided by
             the number of points it is the Laplace scale MLE ``b̂``.
         iterations: basis exchanges made ``(...)`` (0 where rank-deficient).
-        ok: the optimality certificate holds ``(...)``. False in two cases: the
-            design is rank-deficient (constant x, fewer points than
-            coefficients, all masked), and then the other fields are nan; or
+        ok: the optimality certificate holds ``(...)``. False in three cases:
+            the design is rank-deficient (constant x, fewer points than
+            coefficients, all masked), and then the other fields are nan;
             ``max_iter`` exchanges did not reach the optimum, and then the fields
-            describe the last vertex, whose objective is an upper bound.
+            describe the last vertex, whose objective is an upper bound; or a
+            coefficient lies outside the dtype's range (it overflows, or
+            underflows below ``tiny/8`` and takes the intercept with it).
     """
 
     intercept: torch.Tensor

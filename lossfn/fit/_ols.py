@@ -43,7 +43,9 @@ class OLSFit(NamedTuple):
         n: (...,) int64 number of points used.
         ok: (...,) bool; False for a degenerate dataset (fewer points than
             parameters, no points, constant or collinear predictors, nan/inf in
-            a present point), whose float fields are then nan.
+            a present point) or one whose coefficients lie outside the dtype's
+            range (float32 x of 1e30 and y of 1e-20: a slope of 5e-51); its
+            float fields are then nan.
     """
 
     intercept: torch.Tensor
