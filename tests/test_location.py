@@ -219,6 +219,34 @@ def test_huber_location_with_a_band_whose_sums_would_overflow_is_the_mean(case):
     assert location.huber_location(x, **kw).location.item() == pytest.approx(mean, rel=8 * eps * len(x))
 
 
+def _bisected_huber_root(x, c):
+    """Float64 bisection on Σ clip(x − μ, −c, c) = 0: an oracle independent of the knots."""
+    lo, hi = x.min(), x.max()
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.clip(x - mid, -c, c).sum() > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@pytest.mark.parametrize("m, size", [(400, 1e36), (2**20, 5e37)])
+def test_huber_location_with_a_band_inside_data_near_the_top_of_the_range(m, size):
+    # 1e36-size float32 data: c·n overflows, so the root is taken in a unit.
+    # Once −1.68e34 for a true 1.21e34 (m = 400), and nan at 2^20 points (the
+    # unit rounded to 0); the gradient was nan on this path (1/unit overflowed).
+    g = torch.Generator().manual_seed(3)
+    x = (size * torch.randn(m, generator=g, dtype=torch.float64)).float()
+    scale = float(torch.tensor(size))  # the float32 value, as the fit sees it
+    fit = location.huber_location(x, delta=1.345, scale=scale).location
+    unit = 2.0**-120  # exact rescaling for the float64 oracle
+    c = float(torch.tensor(1.345) * torch.tensor(scale))
+    exact = _bisected_huber_root(x.double().numpy() * unit, c * unit) / unit
+    assert fit.item() == pytest.approx(exact, rel=1e-5, abs=size * 1e-6)
+    if m == 400:
+        got = torch.func.grad(lambda v: location.huber_location(v, delta=1.345, scale=scale).location)(x)
+        inside = ((x.double() - exact).abs() < c).float()
+        torch.testing.assert_close(got, inside / inside.sum())  # dμ/dx_i = 1{inside}/n_inside
+
+
 def test_huber_location_in_float32_on_the_network():
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((2100, 25)) ** 3 * 5 + 100).astype(np.float32)

@@ -172,7 +172,7 @@ def _simple(data: Data) -> OLSFit:
     varies = (mo.norm_x > noise_floor(mo.mean_x, n)) & torch.isfinite(mo.norm_x)
     # A slope below the dtype's normal range (x of 1e30, y of 1e-20 in float32) rounds to 0 or
     # a few bits, and α = ȳ − β·x̄ loses β·x̄, which is representable: not ok.
-    varies = varies & ~((beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (mo.corr != 0))
+    varies = varies & ~((beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (mo.corr.abs() > 0))  # nan for constant y: slope exactly 0
     return _finish(data, alpha, beta, mo.sigma2, stderr, mo.unexplained, 2, varies,
                    mo.residual_norm)
 
@@ -188,7 +188,8 @@ def _simple_origin(data: Data) -> OLSFit:
         scale_x, scale_y = (power_of_two_scale(largest_abs(v, -1)) for v in (x, y))
         x, y = x * scale_x.unsqueeze(-1), y * scale_y.unsqueeze(-1)
     sxx = torch.linalg.vecdot(x, x)
-    beta = torch.linalg.vecdot(x, y) / sxx
+    sxy = torch.linalg.vecdot(x, y)
+    beta = sxy / sxx
     e = torch.addcmul(y, x, beta.unsqueeze(-1), value=-1)
     ssr = torch.linalg.vecdot(e, e)
     stderr = (_unbiased(ssr, data.n, 1) / sxx).sqrt()
@@ -200,7 +201,7 @@ def _simple_origin(data: Data) -> OLSFit:
     sigma2, ssr_root = ssr / data.n, ssr.sqrt()
     if scale_y is not None:
         sigma2, ssr_root = sigma2 / scale_y / scale_y, ssr_root / scale_y
-    lost = (beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (torch.linalg.vecdot(x, y) != 0)
+    lost = (beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (sxy != 0)  # sxy: no second pass
     return _finish(data, torch.zeros_like(beta), beta, sigma2, stderr.unsqueeze(-1), unexplained,
                    1, (sxx > 0) & torch.isfinite(sxx) & ~lost, ssr_root)
 
@@ -258,7 +259,9 @@ def _multiple_block(y, x, present, n, intercept: bool):
             offset = aug.sum(points) / n.unsqueeze(-1)
             mean = mean + offset
     else:
-        mean = torch.zeros_like(aug.select(points, 0))
+        shape = list(aug.shape)
+        del shape[points]  # a rule on the shape: select(points, 0) raises at m = 0
+        mean = aug.new_zeros(shape)
     grams = centred_grams(aug, offset, n, mean[..., :d], data_eps=data_eps)
     if unit is None:
         return (mean[..., : d + 1],) + grams

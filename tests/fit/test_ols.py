@@ -627,10 +627,23 @@ def test_float32_coefficients_outside_the_range_are_not_ok(monkeypatch):
     # Empty datasets (m = 0) are not ok either, in float32 too, and raise nothing.
     for dtype in (torch.float32, torch.float64):
         none = torch.zeros(3, 0, dtype=dtype)
+        two = torch.zeros(3, 0, 2, dtype=dtype)
         for f in (fit.ols(none, none), fit.ols(none, none, intercept=False),
                   fit.ols(none, none, mask=torch.zeros(3, 0, dtype=torch.bool)),
-                  fit.ols(none.unsqueeze(-1), none), fit.lad(none, none), fit.huber(none, none)):
+                  fit.ols(none.unsqueeze(-1), none), fit.ols(two, none, intercept=False),
+                  fit.lad(none, none), fit.huber(none, none)):
             assert f.ok.shape == (3,) and not f.ok.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [0.0, 3.0, 0.1])
+def test_simple_fit_of_a_constant_response_is_ok(dtype, value):
+    # ρ = 0/0 there: the range check once read it as a lost slope (ok=False).
+    x = torch.arange(10, dtype=dtype)
+    y = torch.full((10,), value, dtype=dtype)
+    for res in (fit.ols(x, y), fit.ols(x, y, mask=torch.ones(10, dtype=torch.bool))):
+        assert res.ok and res.slope.item() == 0 and res.intercept.item() == pytest.approx(value)
+        assert torch.isnan(res.r2)  # 0/0, documented
 
 
 def test_float32_columns_near_the_top_of_the_range(monkeypatch):
