@@ -351,7 +351,7 @@ def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch
     top = torch.maximum(ordered[..., :1].abs(), ordered.gather(-1, (n - 1).clamp(min=0)).abs())
     reach = (8 * n).to(span.dtype)
     big = ~torch.isfinite(span * reach) & torch.isfinite(top)
-    # top·unit in [½, 4): c·n ≤ 16n stays finite, and 1/unit ≤ 2^126 keeps the backward finite
+    # top·unit in [½, 1): c·n ≤ 4n stays finite, and 1/unit ≤ 2^126 keeps the backward finite
     # (a unit of 2^-(e(top)+e(8n)) can be subnormal or 0: 1/unit overflows, grads are nan).
     unit = torch.where(big, power_of_two_scale(top), 1.0)
     ordered, c = ordered * unit, c * unit

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_regression_data
-from .._units import power_of_two_scale
+from .._units import largest_abs, power_of_two_scale
 
 __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
            "packed_symmetric_index"]
@@ -172,7 +172,7 @@ def _flat_views(arrays: tuple, dims: int) -> Optional[tuple]:
 SCALE_SAMPLES = 4
 
 
-def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
+def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor, full: bool = False):
     """``(c, v − c, size)``: the first-pass mean ``c``, the centred data (0 at
     absent points) and, for float32, a size for their unit (None for float64).
 
@@ -199,6 +199,11 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
         centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
     if v.dtype != torch.float32:
         return centre, centred, None
+    if full:
+        # The response: a unit that misses it can leave every square and every
+        # product dx·dy 0 (mean 0, first points 0 or absent, |y| < 2^-75), which
+        # reads as a constant y (slope 0, ok). Its largest value, in cache now.
+        return centre, centred, largest_abs(v, -1)
     # The first points are in cache now, after the sum; absent ones count as 0.
     return centre, centred, torch.maximum(v[..., :SCALE_SAMPLES].abs().sum(-1), centre.abs())
 
@@ -206,7 +211,7 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
 def _line_sums(y, x, present, n):
     """Per-dataset sums of one block; everything after them is O(datasets) algebra."""
     cx, dx, size_x = _centred(x, present, n)
-    cy, dy, size_y = _centred(y, present, n)
+    cy, dy, size_y = _centred(y, present, n, full=True)
     if size_x is not None:
         # Both units in one go; multiplying by a power of two is exact, so the
         # centred values round as unscaled ones would.
@@ -270,5 +275,7 @@ def moments(data: Data) -> Moments:
         # 1e9) where the slope does not: in float64 (O(datasets) work).
         slope = (slope.double() * (scale_x.double() / scale_y.double())).to(slope.dtype)
     return Moments(cx, cy, _in_units(sxx.sqrt(), scale_x), _in_units(syy.sqrt(), scale_y),
-                   sxy / (sxx * syy).sqrt(), slope, _in_units(ssr.sqrt(), scale_y),
+                   # √Sxx·√Syy, not √(Sxx·Syy): the product of two finite sums can
+                   # overflow (ρ read 0) or go subnormal (ρ off by 1e-3) where a unit missed.
+                   sxy / (sxx.sqrt() * syy.sqrt()), slope, _in_units(ssr.sqrt(), scale_y),
                    _in_units(_in_units(ssr / n, scale_y), scale_y), ssr / syy)

@@ -45,7 +45,9 @@ class OLSFit(NamedTuple):
             parameters, no points, constant or collinear predictors, nan/inf in
             a present point) or one whose coefficients lie outside the dtype's
             range (float32 x of 1e30 and y of 1e-20: a slope of 5e-51); its
-            float fields are then nan.
+            float fields are then nan. In float32 one predictor is also not ok
+            where its unit (taken from its mean and first points) misses data
+            far outside 1e±19 whose mean and first points are near 0.
     """
 
     intercept: torch.Tensor

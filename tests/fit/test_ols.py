@@ -696,13 +696,17 @@ def test_float32_sums_that_overflow_or_underflow_are_not_ok():
     res = fit.ols(x, y)
     assert res.ok.tolist() == [False, True] and torch.isnan(res.slope[0])
     assert fit.standardized(x, y).ok.tolist() == [False, True]
-    # Mean exactly 0 and the first points 0: Σ(y − ȳ)² of 1e-60 underflows.
+    # Mean exactly 0 and the first points 0: the response takes its unit from
+    # its largest value, so Σ(y − ȳ)² of 1e-60 no longer underflows (exact).
     x = torch.arange(8.0).expand(2, 8)
     y = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1e-30, -1e-30, 2e-30, -2e-30],
                       [0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 2.0, -2.0]])
-    res = fit.ols(x, y)
-    assert res.ok.tolist() == [False, True]
-    assert fit.ols(x, y, mask=torch.ones(2, 8, dtype=torch.bool)).ok.tolist() == [False, True]
+    for res in (fit.ols(x, y), fit.ols(x, y, mask=torch.ones(2, 8, dtype=torch.bool))):
+        assert res.ok.all()
+        for k in range(2):
+            unit = 2.0**100 if k == 0 else 1.0  # exact rescaling for the float64 oracle
+            ref = scipy.stats.linregress(x[k].double().numpy(), y[k].double().numpy() * unit)
+            assert res.slope[k].item() == pytest.approx(ref.slope / unit, rel=1e-5)
 
 
 @pytest.mark.parametrize("scale_x, scale_y", [(1.0, 1e-30), (1e25, 1e20), (1e-30, 1.0)])
@@ -736,3 +740,52 @@ def test_float32_route_of_accelerators_at_any_scale(monkeypatch, scale_x, scale_
                 sigma2 = ref.ssr / keep.sum() * scale_y**2
                 if 1e-37 < sigma2 < 1e37:
                     assert res.sigma2[k].item() == pytest.approx(sigma2, rel=1e-3)
+
+
+# Units that miss the data: the response's unit from its largest value, ρ from √Sxx·√Syy.
+
+K = np.arange(1, 9, dtype=np.float64)
+NOISE = np.array([1, -1, 0, 1, 0, -1, 1, 0], dtype=np.float64)
+
+
+def _paired_data(ex, ey, lead_zeros=0, pad=0):
+    xs = np.r_[np.zeros(lead_zeros), K, -K]
+    ys = np.r_[np.zeros(lead_zeros), 3 * K + NOISE, -(3 * K + NOISE)]
+    X = np.r_[[np.nan] * pad, xs * 2.0**ex]
+    Y = np.r_[[np.nan] * pad, ys * 2.0**ey]
+    return xs, ys, torch.tensor(X, dtype=torch.float32), torch.tensor(Y, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_underflowed_response_is_not_read_as_constant(masked):
+    # x ~ 1e-17, y ~ 1e-33 (normal float32), mean 0, first points absent (left padding) or 0:
+    # Σdy² and every dx·dy underflow to 0 in unit 1; was slope 0, r2 nan, ok=True.
+    ex, ey = -56, -110
+    xs, ys, x, y = _paired_data(ex, ey, lead_zeros=0 if masked else 4, pad=4 if masked else 0)
+    if not masked:
+        xs, ys = np.r_[np.zeros(4), xs], np.r_[np.zeros(4), ys]
+    ref = scipy.stats.linregress(xs, ys)
+    res = fit.ols(x, y, mask=torch.isfinite(x)) if masked else fit.ols(x, y)
+    assert res.ok
+    assert res.slope.item() == pytest.approx(ref.slope * 2.0**(ey - ex), rel=1e-5)
+    assert res.r2.item() == pytest.approx(ref.rvalue**2, abs=1e-5)
+
+
+@pytest.mark.parametrize("e", [25, 30, -45, -50])
+@pytest.mark.parametrize("masked", [False, True])
+def test_standardized_rho_when_sxx_syy_product_leaves_the_range(e, masked):
+    # Integer data, mean exactly 0, first 4 points 0/absent: unit 1; Sxx·Syy overflows (rho read 0,
+    # ok=True), goes subnormal (rho off by 3e-3, ok=True) or to 0 (false alarm).
+    rng = np.random.default_rng(0)
+    t = np.round(rng.standard_normal(36) * 64)
+    u = 2 * t + np.round(20 * rng.standard_normal(36))
+    xs, ys = np.r_[np.zeros(4), t, np.zeros(4), -t], np.r_[np.zeros(4), u, np.zeros(4), -u]
+    ref = np.corrcoef(xs, ys)[0, 1]
+    x = torch.tensor(xs * 2.0**e, dtype=torch.float32)
+    y = torch.tensor(ys * 2.0**e, dtype=torch.float32)
+    if masked:
+        x, y = torch.cat([torch.full((4,), torch.nan), x]), torch.cat([torch.full((4,), torch.nan), y])
+        s = fit.standardized(x, y, mask=torch.isfinite(x))
+    else:
+        s = fit.standardized(x, y)
+    assert s.ok and s.rho.item() == pytest.approx(ref, abs=1e-5)
