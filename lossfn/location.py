@@ -26,7 +26,7 @@ import torch
 
 from . import _selection
 from ._checks import check_float_tensor, check_mask
-from ._units import power_of_two_scale
+from ._huber_root import huber_root
 
 __all__ = [
     "LocationScale",
@@ -41,11 +41,6 @@ __all__ = [
 
 #: Φ⁻¹(3/4): the MAD of a standard normal, so MAD / 0.6745 estimates σ.
 MAD_TO_SIGMA = 0.6744897501960817
-
-
-#: Values per tile of :func:`huber_location`'s root: its ~40 passes over a tile
-#: then run from cache (measured 1.3–1.5x faster than one pass over 10⁵ rows).
-HUBER_TILE_ELEMENTS = 1 << 18
 
 
 class LocationScale(NamedTuple):
@@ -292,120 +287,6 @@ def mad_scale(
     return _median((x - centre.unsqueeze(-1)).abs(), w, mask is not None) / MAD_TO_SIGMA
 
 
-def _huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    r"""Exact root μ of ``g(μ) = Σ w_i clip(r_i − μ, −c, c)``, batched, for ``c > 0``.
-
-    ``r`` is ``(..., m)``, centred at its median; ``w`` its 0/1 weights; ``c``
-    ``(...)``. ``g`` is continuous, non-increasing and linear between the knots
-    ``r_i ± c``. With the ``n`` present points sorted, ``r_(0) ≤ … ≤ r_(n−1)``,
-    and ``S(a, b) = Σ_{a≤i<b} r_(i)``, ``g`` at every knot takes one count each:
-
-    * at ``μ = r_(j) − c``, with ``a_j = #{r < μ − c}``:
-      ``g = c·(n − 2a_j) + S(a_j, j) − (j − a_j)·r_(j)``;
-    * at ``μ = r_(j) + c``, with ``e_j = #{r ≤ μ + c}``:
-      ``g = c·(n − 2e_j) + S(j + 1, e_j) − (e_j − j − 1)·r_(j)``.
-
-    The largest knot with ``g > 0`` and the smallest with ``g ≤ 0`` bound the
-    segment holding the root. No knot lies inside it, so the points below,
-    inside and above the band ``[μ − c, μ + c]`` are fixed there: ``n_low`` high
-    knots and ``n − J`` low knots lie outside it (``J`` counts the low knots
-    with ``g > 0``), and the band holds the sorted places ``[n_low, J)``. On the
-    segment ``g(μ) = c·(n_high − n_low) + S(n_low, J) − μ·(J − n_low)``, whose
-    root is solved in closed form, at full precision even when ``c`` dwarfs the
-    data (interpolating between knots ``±c`` apart would not). Where ``g``
-    vanishes on a whole interval, its upper end comes the same way from
-    ``g ≥ 0`` / ``g < 0``, and the midpoint of the two roots is returned, as the
-    median does for an even count. No iteration, no data-dependent control flow.
-
-    ``S`` comes from prefix sums taken outward from the middle place, so an
-    outlier far out in a tail never enters the sums near the root, where the
-    signs of ``g`` matter (the root lies within ``c`` of the median).
-    """
-    if r.shape[-1] == 0:  # no points: no root (a rule on the shape)
-        return r.new_full(r.shape[:-1], math.nan)
-    return _selection.by_tiles(_huber_root_rows, r, w, c.expand(r.shape[:-1]).unsqueeze(-1),
-                               elements=HUBER_TILE_ELEMENTS)
-
-
-def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """:func:`_huber_root` of the rows ``(rows, m)`` of ``r``; ``c`` is ``(rows, 1)``."""
-    present = w > 0
-    m = r.shape[-1]
-    filled = torch.where(present, r, math.inf)
-    # Absent points sort last as +inf: the first n sorted places are the present ones.
-    if _selection.network_pays(filled):
-        ordered = _selection.sort_values(filled)
-    else:
-        ordered = filled.sort(dim=-1).values
-    n = present.sum(-1, keepdim=True)
-    place = torch.arange(m, device=r.device)
-    counted = place < n
-    # A band at least as wide as the points' span gives their mean, whatever its
-    # width: capped there (exactly the same root), c·n and r ± 2c stay finite
-    # wherever the data's own sums do (δ = 1e308 would overflow them).
-    span = ordered.gather(-1, (n - 1).clamp(min=0)) - ordered[..., :1]
-    c = torch.minimum(c, torch.where(span > 0, span, 1.0))
-    # c·n and r ± 2c reach 4·n·span: where that overflows (float32 data of 1e36
-    # at m = 400, or a span that itself overflows), work in a power-of-two unit
-    # (exact, but for values that underflow there, far below the data's ulp).
-    top = torch.maximum(ordered[..., :1].abs(), ordered.gather(-1, (n - 1).clamp(min=0)).abs())
-    reach = (8 * n).to(span.dtype)
-    big = ~torch.isfinite(span * reach) & torch.isfinite(top)
-    # top·unit in [½, 1): c·n ≤ 4n stays finite, and 1/unit ≤ 2^126 keeps the backward finite
-    # (a unit of 2^-(e(top)+e(8n)) can be subnormal or 0: 1/unit overflows, grads are nan).
-    unit = torch.where(big, power_of_two_scale(top), 1.0)
-    ordered, c = ordered * unit, c * unit
-    sums = _outward_prefix_sums(ordered, place, counted, n // 2)
-    low_knots, high_knots = ordered - c, ordered + c
-    below = torch.searchsorted(ordered, low_knots - c, right=False)  # a_j
-    upto = torch.searchsorted(ordered, high_knots + c, right=True)  # e_j
-    # Places [a_j, j) or [j + 1, e_j) that are all ties of r_(j) add exactly 0: rounding in
-    # the prefix sums must not decide the sign of g when c is below the data's ulp.
-    in_low = sums[..., :-1] - sums.gather(-1, below) - (place - below) * ordered
-    in_high = sums.gather(-1, upto) - sums[..., 1:] - (upto - place - 1) * ordered
-    last_ = m - 1
-    in_low = torch.where(ordered.gather(-1, below.clamp(max=last_)) == ordered, 0.0, in_low)
-    in_high = torch.where(ordered.gather(-1, (upto - 1).clamp(0, last_)) == ordered, 0.0, in_high)
-    g_low = c * (n - 2 * below) + in_low
-    g_high = c * (n - 2 * upto) + in_high
-    # Column 0: the lower root (g > 0 on the left); column 1: the upper one (g ≥ 0).
-    left = torch.cat([((g_low > 0) & counted).sum(-1, keepdim=True),
-                      ((g_low >= 0) & counted).sum(-1, keepdim=True)], dim=-1)
-    n_low = torch.cat([((g_high > 0) & counted).sum(-1, keepdim=True),
-                       ((g_high >= 0) & counted).sum(-1, keepdim=True)], dim=-1)
-    n_band, n_high = left - n_low, n - left
-    root = (c * (n_high - n_low) + sums.gather(-1, left) - sums.gather(-1, n_low)) / n_band.clamp(min=1)
-    # The segment's ends, for rounding: the root stays inside, and a band found
-    # empty (then g ≈ 0 on the whole segment) takes the segment's midpoint.
-    # left ≥ 1 always (g(r_(0) − c) = c·n) and n_low ≤ n − 1 (g(r_(n−1) + c) = −c·n).
-    last = m - 1
-    lower = torch.maximum(low_knots.gather(-1, (left - 1).clamp(0, last)),
-                          torch.where(n_low > 0, high_knots.gather(-1, (n_low - 1).clamp(0, last)),
-                                      -math.inf))
-    upper = torch.minimum(torch.where(left < n, low_knots.gather(-1, left.clamp(max=last)), math.inf),
-                          high_knots.gather(-1, n_low.clamp(max=last)))
-    # Strict comparisons: a root that sits on a knot keeps its own gradient
-    # (torch.minimum/maximum would split it with the knot's at a tie).
-    inside = torch.where(root < lower, lower, torch.where(root > upper, upper, root))
-    root = torch.where(n_band > 0, inside, 0.5 * lower + 0.5 * upper)
-    return (0.5 * root[..., 0] + 0.5 * root[..., 1]) / unit.squeeze(-1)
-
-
-def _outward_prefix_sums(ordered: torch.Tensor, place: torch.Tensor, counted: torch.Tensor,
-                         middle: torch.Tensor) -> torch.Tensor:
-    """``(rows, m + 1)`` sums ``T_k`` with ``T_b − T_a = Σ_{a≤i<b} ordered_i``, accumulated outward from ``middle``.
-
-    ``T_k = Σ_{middle≤i<k} x_i − Σ_{k≤i<middle} x_i``: each ``T_k`` adds only the
-    values between the middle place and ``k``, so a difference of two of them
-    near the middle carries no rounding from values far out in the tails (plain
-    prefix sums from the left would carry an outlier's eps·|x|).
-    """
-    zero = ordered.new_zeros(ordered.shape[:-1] + (1,))
-    upper = torch.where(counted & (place >= middle), ordered, 0.0).cumsum(-1)
-    lower = torch.where(place < middle, ordered, 0.0).flip(-1).cumsum(-1).flip(-1)
-    return torch.cat([zero, upper], dim=-1) - torch.cat([lower, zero], dim=-1)
-
-
 def huber_location(
     samples: torch.Tensor,
     *,
@@ -449,6 +330,6 @@ def huber_location(
     else:
         s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(centre.shape)
     c = (torch.as_tensor(delta, dtype=x.dtype, device=x.device) * s).expand(centre.shape)
-    shift = _huber_root(r, w, torch.where(c > 0, c, 1.0))
+    shift = huber_root(r, w, torch.where(c > 0, c, 1.0))
     location = torch.where(c > 0, centre + shift, centre)
     return LocationScale(location, s)
