@@ -14,18 +14,36 @@ import torch
 from . import _selection
 from ._units import power_of_two_scale
 
-__all__ = ["huber_root", "TILE_ELEMENTS"]
+__all__ = ["huber_root", "sorted_present", "TILE_ELEMENTS"]
 
 #: Values per tile of the root: its ~40 passes over a tile then run from cache
 #: (measured 1.3–1.5x faster than one pass over 10⁵ rows).
 TILE_ELEMENTS = 1 << 18
 
 
-def huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    r"""Exact root μ of ``g(μ) = Σ w_i clip(r_i − μ, −c, c)``, batched, for ``c > 0``.
+def sorted_present(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` ``(..., m)`` sorted, absent points as +inf: the first
+    ``n`` places are the present ones. By the sorting network where it pays
+    (:func:`lossfn._selection.network_pays`), else ``torch.sort``; rows with a
+    nan come out in an unspecified order (their caller returns nan).
 
-    ``r`` is ``(..., m)``, centred at its median; ``w`` its 0/1 weights; ``c``
-    ``(...)``. ``g`` is continuous, non-increasing and linear between the knots
+    Example:
+        >>> import torch
+        >>> sorted_present(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[True, True, False]]))
+        tensor([[1., 3., inf]])
+    """
+    filled = torch.where(present, x, math.inf)
+    if _selection.network_pays(filled):
+        return _selection.sort_values(filled)
+    return filled.sort(dim=-1).values
+
+
+def huber_root(ordered: torch.Tensor, n: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    r"""Exact root μ of ``g(μ) = Σ_{i<n} clip(r_(i) − μ, −c, c)``, batched, for ``c > 0``.
+
+    ``ordered`` is ``(..., m)``: rows sorted ascending (:func:`sorted_present`),
+    centred at their median, whose first ``n`` ``(...)`` places are the present
+    points and the rest +inf; ``c`` is ``(...)``. ``g`` is continuous, non-increasing and linear between the knots
     ``r_i ± c``. With the ``n`` present points sorted, ``r_(0) ≤ … ≤ r_(n−1)``,
     and ``S(a, b) = Σ_{a≤i<b} r_(i)``, ``g`` at every knot takes one count each:
 
@@ -53,27 +71,20 @@ def huber_root(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tenso
     Example:
         >>> import torch
         >>> r = torch.tensor([[-1.0, 0.0, 1.0, 50.0]], dtype=torch.float64)
-        >>> huber_root(r, torch.ones_like(r), torch.tensor([1.0], dtype=torch.float64))
+        >>> huber_root(r, torch.tensor([4]), torch.tensor([1.0], dtype=torch.float64))
         tensor([0.5000], dtype=torch.float64)
     """
-    if r.shape[-1] == 0:  # no points: no root (a rule on the shape)
-        return r.new_full(r.shape[:-1], math.nan)
-    return _selection.by_tiles(_huber_root_rows, r, w, c.expand(r.shape[:-1]).unsqueeze(-1),
-                               elements=TILE_ELEMENTS)
+    if ordered.shape[-1] == 0:  # no points: no root (a rule on the shape)
+        return ordered.new_full(ordered.shape[:-1], math.nan)
+    batch = ordered.shape[:-1]
+    return _selection.by_tiles(_huber_root_rows, ordered, n.expand(batch).unsqueeze(-1),
+                               c.expand(batch).unsqueeze(-1), elements=TILE_ELEMENTS)
 
 
-def _huber_root_rows(r: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """:func:`huber_root` of the rows ``(rows, m)`` of ``r``; ``c`` is ``(rows, 1)``."""
-    present = w > 0
-    m = r.shape[-1]
-    filled = torch.where(present, r, math.inf)
-    # Absent points sort last as +inf: the first n sorted places are the present ones.
-    if _selection.network_pays(filled):
-        ordered = _selection.sort_values(filled)
-    else:
-        ordered = filled.sort(dim=-1).values
-    n = present.sum(-1, keepdim=True)
-    place = torch.arange(m, device=r.device)
+def _huber_root_rows(ordered: torch.Tensor, n: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """:func:`huber_root` of the sorted rows ``(rows, m)``; ``n`` and ``c`` are ``(rows, 1)``."""
+    m = ordered.shape[-1]
+    place = torch.arange(m, device=ordered.device)
     counted = place < n
     # A band at least as wide as the points' span gives their mean, whatever its
     # width: capped there (exactly the same root), c·n and r ± 2c stay finite
