@@ -14,7 +14,6 @@ Gaussian, ``σ² =`` the mean squared residual of the fit).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
