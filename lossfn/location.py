@@ -74,13 +74,16 @@ def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return first + correction
 
 
+def _middle_ranks(n: torch.Tensor, m: int) -> torch.Tensor:
+    """``(..., 2)``: the 0-based ranks of the two middle values of ``n`` present points of ``m``."""
+    return torch.stack([(n - 1).clamp(min=0) // 2, (n // 2).clamp(max=m - 1)], dim=-1)
+
+
 def _masked_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     present = w > 0
     n = present.sum(-1)
     filled = torch.where(present, x, math.inf)
-    lower = (n - 1).clamp(min=0) // 2
-    upper = (n // 2).clamp(max=x.shape[-1] - 1)
-    ranks = torch.stack([lower, upper], dim=-1)
+    ranks = _middle_ranks(n, x.shape[-1])
     if _selection.network_pays(filled):
         # Many short rows: a sorting network over columns, several times torch.sort.
         a, b = _selection.ranked(filled, ranks).unbind(-1)
@@ -127,8 +130,7 @@ def _median_of_sorted(ordered: torch.Tensor, n: torch.Tensor, masked: bool) -> t
     m = ordered.shape[-1]
     if m == 0:
         return ordered.new_full(ordered.shape[:-1], math.nan)
-    ranks = torch.stack([(n - 1).clamp(min=0) // 2, (n // 2).clamp(max=m - 1)], dim=-1)
-    lower, upper = ordered.gather(-1, ranks).unbind(-1)
+    lower, upper = ordered.gather(-1, _middle_ranks(n, m)).unbind(-1)
     if masked:
         middle = 0.5 * lower + 0.5 * upper
     else:  # as _full_median: the lower one for odd m
