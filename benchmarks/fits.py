@@ -2,7 +2,9 @@
 
 Simple regression (B datasets × m points, float32 and float64):
 
-* ``fit.ols(x, y)``;
+* ``fit.ols(x, y)``, and the same call on its pure-torch route (``torch``:
+  ``LOSSFN_NATIVE=0``, what ``vmap``, autograd and accelerators run; the
+  default on the CPU is the native kernel of :mod:`lossfn._native`);
 * batched ``torch.linalg.lstsq`` on the prebuilt design ``[1, x]`` (building it
   is not timed, which favours lstsq);
 * a ``scipy.stats.linregress`` loop and a ``statsmodels`` OLS loop, timed on the
@@ -53,6 +55,21 @@ from lossfn import fit  # noqa: E402
 CLOCK: Callable[[], float] = time.perf_counter
 
 
+def torch_route(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the native kernels switched off for the duration of the call."""
+    def run():
+        before = os.environ.get("LOSSFN_NATIVE")
+        os.environ["LOSSFN_NATIVE"] = "0"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["LOSSFN_NATIVE"]
+            else:
+                os.environ["LOSSFN_NATIVE"] = before
+    return run
+
+
 def timed(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
     return interleaved_medians(fns, repeats=repeats, warmup=1, clock=CLOCK)
 
@@ -71,6 +88,7 @@ def simple_rows(shapes, dtypes, repeats: int, loop_datasets: int) -> List[Dict]:
             designs = [sm.add_constant(xn[k]) for k in range(count)]
             t = timed({
                 "ols": lambda: fit.ols(x, y),
+                "torch": torch_route(lambda: fit.ols(x, y)),
                 "lstsq": lambda: torch.linalg.lstsq(design, col),
                 "floor": lambda: (x.sum(), y.sum()),
             }, repeats)
@@ -137,13 +155,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.clock} clock, "
           f"median of {repeats} calls, milliseconds per batch")
     print("\nSimple regression (targets: >= 2x lstsq, >= 100x statsmodels, <= 8x floor)")
-    head = (f"{'B x m':>11} {'dtype':>8} {'ols':>9} {'lstsq':>9} {'linregress':>10} "
+    head = (f"{'B x m':>11} {'dtype':>8} {'ols':>9} {'torch':>9} {'lstsq':>9} {'linregress':>10} "
             f"{'statsmod':>9} {'floor':>9} | {'vs lstsq':>8} {'vs sm':>7} {'/floor':>7}  met")
     print(head)
     for r in simple_rows(shapes, dtypes, repeats, loops):
         vs_lstsq, vs_sm, over_floor = r["lstsq"] / r["ols"], r["statsmodels"] / r["ols"], r["ols"] / r["floor"]
         met = vs_lstsq >= 2 and vs_sm >= 100 and over_floor <= 8
-        print(f"{r['shape']:>11} {r['dtype']:>8} {ms(r['ols'])} {ms(r['lstsq'])} "
+        print(f"{r['shape']:>11} {r['dtype']:>8} {ms(r['ols'])} {ms(r['torch'])} {ms(r['lstsq'])} "
               f"{ms(r['linregress']):>10} {ms(r['statsmodels'])} {ms(r['floor'])} | "
               f"{vs_lstsq:7.1f}x {vs_sm:6.0f}x {over_floor:6.1f}x  {'yes' if met else 'NO'}")
 

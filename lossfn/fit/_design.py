@@ -25,6 +25,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_regression_data
+from .._native import line_sums
 from .._units import largest_abs, power_of_two_scale
 
 __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
@@ -238,13 +239,19 @@ def _in_units(v: torch.Tensor, unit: Optional[torch.Tensor]) -> torch.Tensor:
 def moments(data: Data) -> Moments:
     """Centred moments of one predictor and the response, and the line's residual norm.
 
-    Shifted sums: with ``c`` the first-pass mean and ``dx = x − c``,
+    On the CPU, outside ``torch.func`` transforms and autograd, the sums come
+    from a native kernel (:mod:`lossfn._native`) that makes both passes while
+    a dataset is in cache and accumulates in float64 (float32 data included,
+    which then need no units). Elsewhere, shifted sums: with ``c`` the first-pass mean and ``dx = x − c``,
     ``x̄ = c + Σdx/n``, ``Sxx = Σdx² − (Σdx)²/n``, ``Sxy = Σdx·dy − Σdx·Σdy/n``,
     and ``SSR = Syy − β̂·Sxy``; for float32 in the power-of-two units of :func:`_line_sums`,
     converted back only as norms and ratios. Each block of datasets is centred
     and reduced while it is in cache, so only the first pass reads memory.
     """
     n = data.n
+    native = line_sums(data.x, data.y, data.present)
+    if native is not None:
+        return _native_moments(*native, n)
     scale_x = scale_y = None
     cx, cy, sxx, sxy, norm_dy, *shift = in_blocks(_line_sums, data.y, data.x, data.present, n)
     syy = norm_dy.square()
@@ -279,3 +286,19 @@ def moments(data: Data) -> Moments:
                    # overflow (ρ read 0) or go subnormal (ρ off by 1e-3) where a unit missed.
                    sxy / (sxx.sqrt() * syy.sqrt()), slope, _in_units(ssr.sqrt(), scale_y),
                    _in_units(_in_units(ssr / n, scale_y), scale_y), ssr / syy)
+
+
+def _native_moments(mean_x, mean_y, sxx, sxy, syy, n) -> Moments:
+    """:class:`Moments` from the native kernel's float64 sums, in the data's dtype.
+
+    float64 holds every square and product of float32 data, so no unit is
+    needed; the results round once, to the data's dtype, at the end.
+    """
+    dtype = n.dtype
+    n = n.double()
+    sxx, syy = sxx.clamp(min=0), syy.clamp(min=0)
+    slope = sxy / sxx
+    ssr = (syy - slope * sxy).clamp(min=0)
+    fields = (mean_x, mean_y, sxx.sqrt(), syy.sqrt(), sxy / (sxx.sqrt() * syy.sqrt()), slope,
+              ssr.sqrt(), ssr / n, ssr / syy)
+    return Moments(*(f.to(dtype) for f in fields))

@@ -14,6 +14,13 @@ import torch
 import lossfn
 from lossfn import fit
 from nist_reference import REGRESSION, lre, regression
+from routes import ROUTES, use_route
+
+
+@pytest.fixture(autouse=True, params=ROUTES)
+def route(request, monkeypatch):
+    """Every test runs on both routes of the one-predictor moments (routes.py)."""
+    return use_route(request.param, monkeypatch)
 
 # Minimum LRE over the coefficients (issue 3); standard errors >= 7 except Filip.
 COEF_GATE = {
@@ -382,9 +389,12 @@ def test_float32_nist_designs_match_statsmodels(name):
     assert lre(res.stderr.numpy(), ref.bse) >= 6
 
 
-def test_every_batch_dim_is_split_into_blocks(monkeypatch):
+def test_every_batch_dim_is_split_into_blocks(monkeypatch, route):
     """A batch of shape (1, B) is cut into blocks like one of shape (B,): the
-    block size holds, and each dataset still matches scipy."""
+    block size holds, and each dataset still matches scipy. (The torch route's
+    blocking; the native kernel reads each dataset once, in cache, by design.)"""
+    if route == "native":
+        pytest.skip("blocks are the torch route's")
     monkeypatch.setattr(lossfn.fit._design, "BLOCK_BYTES", 2000)
     seen = []
     real = lossfn.fit._design._line_sums
@@ -571,21 +581,25 @@ def test_float32_simple_fits_at_any_uniform_scale(scale_x, scale_y, masked):
         assert std.std_y[k].item() == pytest.approx(ys.std(), rel=1e-5)
 
 
-def test_float32_subnormal_sums_are_not_ok():
-    # The first points and the mean 0: the unit stays 1 and Σ(x − x̄)² of 1e-44
-    # is subnormal, a few significant bits. Once ok=True with the standard
-    # errors 0; now not ok, with or without a mask. Moved to the front, the
-    # same points give the unit and fit.
+def test_float32_subnormal_sums_are_not_ok(route):
+    # The first points and the mean 0: on the torch route the unit stays 1 and
+    # Σ(x − x̄)² of 1e-44 is subnormal, a few significant bits. Once ok=True with
+    # the standard errors 0; now not ok, with or without a mask. Moved to the
+    # front, the same points give the unit and fit. The native kernel sums in
+    # float64, where nothing is subnormal: it fits them as they are.
     k = np.r_[0, 0, 0, 0, np.arange(1, 9), -np.arange(1, 9)].astype(np.float64)
     x = torch.tensor(k * 10**-22.8, dtype=torch.float32)
     y = torch.tensor(3.0 * k + np.sin(np.arange(k.size)), dtype=torch.float32)
-    assert not fit.ols(x, y).ok
-    assert not fit.ols(x, y, mask=torch.ones(k.size, dtype=torch.bool)).ok
-    x, y = x.flip(0), y.flip(0)
-    ref = scipy.stats.linregress(x.double().numpy() * 2.0**76, y.double().numpy())  # exact rescaling
-    for res in (fit.ols(x, y), fit.ols(x, y, mask=torch.ones(k.size, dtype=torch.bool))):
-        assert res.ok and res.slope.item() == pytest.approx(ref.slope * 2.0**76, rel=1e-5)
-        assert res.stderr[1].item() == pytest.approx(ref.stderr * 2.0**76, rel=1e-4)
+    ones = torch.ones(k.size, dtype=torch.bool)
+    cases = [(x.flip(0), y.flip(0))] + ([(x, y)] if route == "native" else [])
+    if route == "torch":
+        assert not fit.ols(x, y).ok
+        assert not fit.ols(x, y, mask=ones).ok
+    for x, y in cases:
+        ref = scipy.stats.linregress(x.double().numpy() * 2.0**76, y.double().numpy())  # exact rescaling
+        for res in (fit.ols(x, y), fit.ols(x, y, mask=ones)):
+            assert res.ok and res.slope.item() == pytest.approx(ref.slope * 2.0**76, rel=1e-5)
+            assert res.stderr[1].item() == pytest.approx(ref.stderr * 2.0**76, rel=1e-4)
 
 
 @pytest.mark.parametrize("route", ["cpu", "accelerator"])
@@ -687,15 +701,24 @@ def test_float32_slope_whose_units_ratio_leaves_float32():
             assert origin.slope[k].item() == pytest.approx((xs @ ys) / (xs @ xs), rel=1e-4)
 
 
-def test_float32_sums_that_overflow_or_underflow_are_not_ok():
-    # The unit comes from the mean and the first points. Where both are far
-    # smaller than the other values, the sums over- or underflow in float32,
-    # and the fit says so instead of a slope of 0 or a standard error of 0.
+def test_float32_sums_that_overflow_or_underflow_are_not_ok(route):
+    # The unit comes from the mean and the first points on the torch route.
+    # Where both are far smaller than the other values, the sums over- or
+    # underflow in float32, and the fit says so instead of a slope of 0 or a
+    # standard error of 0. The native kernel's float64 sums hold them: a fit.
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5e30, -5e30, 6.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])
     y = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0]] * 2)
     res = fit.ols(x, y)
-    assert res.ok.tolist() == [False, True] and torch.isnan(res.slope[0])
-    assert fit.standardized(x, y).ok.tolist() == [False, True]
+    if route == "torch":
+        assert res.ok.tolist() == [False, True] and torch.isnan(res.slope[0])
+        assert fit.standardized(x, y).ok.tolist() == [False, True]
+    else:
+        assert res.ok.all() and fit.standardized(x, y).ok.all()
+        for k in range(2):
+            ref = scipy.stats.linregress(x[k].double().numpy(), y[k].double().numpy())
+            assert res.slope[k].item() == pytest.approx(ref.slope, rel=1e-6)
+            assert res.intercept[k].item() == pytest.approx(ref.intercept, rel=1e-6)
+            assert res.stderr[k, 1].item() == pytest.approx(ref.stderr, rel=1e-5)
     # Mean exactly 0 and the first points 0: the response takes its unit from
     # its largest value, so Σ(y − ȳ)² of 1e-60 no longer underflows (exact).
     x = torch.arange(8.0).expand(2, 8)

@@ -1,0 +1,205 @@
+"""Native kernels: fused passes over the data, compiled from C on first use.
+
+torch runs a fit's passes one operator at a time: each one reads the data
+from memory and writes a temporary back. A kernel that makes every pass over
+one dataset while it is in cache reads the data once (``kernels.c``); for one
+predictor it is 4-10x faster than the operator-by-operator path, and being
+accumulated in float64 it is also more accurate in float32.
+
+The kernels are an accelerator for the plain eager case, never a requirement:
+:func:`line_sums` returns None, and the caller runs its pure-torch path,
+whenever the kernels cannot serve the call exactly:
+
+* a ``torch.func`` transform is active (``vmap``, ``grad``, ...), or autograd
+  must record the call, or torch is tracing it (``torch.compile``, export):
+  the torch path composes with all of them;
+* the data are not plain float32/float64 CPU tensors whose batch dims flatten
+  to one row stride, with the points contiguous;
+* the environment variable ``LOSSFN_NATIVE`` is ``0``;
+* no C compiler is available (``$CC``, else ``cc``): then a RuntimeWarning
+  says so once, and everything still works, only slower.
+
+The shared library is built with ``cc -O3 -march=native -fopenmp-simd``
+(``-march=native`` dropped if the compiler refuses it) into
+``$LOSSFN_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossfn``, else
+``~/.cache/lossfn``; its name holds a hash of the source, the compiler and
+the CPU, so a changed source or a shared home directory on another machine
+never loads a stale or foreign build. Building takes about a second, once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["available", "line_sums"]
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
+
+
+def enabled() -> bool:
+    """False where the environment variable ``LOSSFN_NATIVE`` is ``0``."""
+    return os.environ.get("LOSSFN_NATIVE", "1") != "0"
+
+
+def available() -> bool:
+    """True if the kernels are enabled and built (building them now if needed)."""
+    return enabled() and _library() is not None
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("LOSSFN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lossfn"
+
+
+def _cpu_identity() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _build(compiler: str, target: Path) -> Optional[str]:
+    """Compile the kernels into ``target``; None on success, else why not.
+
+    Written to a temporary name and renamed: processes building at once never
+    load a half-written library.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    errors = ""
+    try:
+        for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
+            cmd = [compiler, *FLAGS, *extra, "-o", partial, str(SOURCE)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                os.replace(partial, target)
+                return None
+            errors = done.stderr.strip()[-500:]
+        return f"{' '.join(cmd)} failed: {errors}"
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+@functools.lru_cache(maxsize=None)  # memoizes a pure function of the source and the machine
+def _library() -> Optional[ctypes.CDLL]:
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        _unavailable(f"no C compiler found (set CC, or install cc; looked for {os.environ.get('CC', 'cc')!r})")
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([
+        source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
+        sys.platform.encode(),
+    ])).hexdigest()[:20]
+    target = _cache_dir() / f"kernels-{key}.so"
+    try:
+        if not target.exists():
+            reason = _build(compiler, target)
+            if reason is not None:
+                _unavailable(reason)
+                return None
+        lib = ctypes.CDLL(str(target))
+    except OSError as err:
+        _unavailable(f"{target}: {err}")
+        return None
+    lib.lossfn_line_sums.restype = None
+    lib.lossfn_line_sums.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+    return lib
+
+
+def _unavailable(reason: str) -> None:
+    warnings.warn(
+        f"lossfn: native kernels unavailable ({reason}); fits use the pure-torch path, which "
+        "gives the same results more slowly. Set LOSSFN_NATIVE=0 to silence this.",
+        RuntimeWarning, stacklevel=3,
+    )
+
+
+def _plain(t: Optional[torch.Tensor]) -> bool:
+    """A CPU tensor whose memory the kernels may read: no subclass, wrapper or view bit."""
+    return t is None or (
+        type(t) is torch.Tensor
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        and not t.is_neg()
+    )
+
+
+def _rows(t: Optional[torch.Tensor], m: int) -> Optional[torch.Tensor]:
+    """``t`` as (rows, m) with contiguous points, as a view; None if it is none."""
+    try:
+        flat = t.view(-1, m)
+    except RuntimeError:
+        return None
+    return flat if m <= 1 or flat.stride(1) == 1 else None
+
+
+def _eligible(*tensors: Optional[torch.Tensor]) -> bool:
+    if not enabled() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return all(_plain(t) for t in tensors)
+
+
+def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
+    """Centred moments of one predictor and the response, per dataset, or None.
+
+    ``x``, ``y`` (..., m) of one dtype, ``present`` None or bool (..., m), all
+    broadcast to one shape already. Returns float64 tensors (...,)
+    ``(mean_x, mean_y, Sxx, Sxy, Syy)`` over the present points (nan where
+    none is), or None where the kernels cannot serve the call (see the module).
+    """
+    m = y.shape[-1]
+    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype or m == 0:
+        return None
+    if not _eligible(x, y, present):
+        return None
+    flat = [_rows(t, m) if t is not None else None for t in (x, y, present)]
+    if flat[0] is None or flat[1] is None or (present is not None and flat[2] is None):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    fx, fy, fm = flat
+    rows = fy.shape[0]
+    out = torch.empty(rows, 5, dtype=torch.float64)
+    # Threads only where each gets enough work to pay for starting it.
+    threads = max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
+    lib.lossfn_line_sums(
+        int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(), fy.stride(0),
+        None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0),
+        rows, m, out.data_ptr(), threads,
+    )
+    return tuple(out.unbind(-1)[k].view(y.shape[:-1]) for k in range(5))

@@ -1,0 +1,190 @@
+"""lossfn._native: the C kernel of the one-predictor moments, against float64
+sums taken with math.fsum, and the rules that send a call to the torch route."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lossfn._native as native
+from lossfn import fit
+
+
+@pytest.fixture(autouse=True)
+def native_on(monkeypatch):
+    monkeypatch.delenv("LOSSFN_NATIVE", raising=False)
+    assert native.available(), "the native kernels did not build (see the warning)"
+
+
+def _oracle(x: np.ndarray, y: np.ndarray, keep: np.ndarray):
+    """Two-pass centred sums of the kept points, each sum correctly rounded (fsum)."""
+    xs, ys = x[keep].astype(np.float64), y[keep].astype(np.float64)
+    n = len(xs)
+    if n == 0:
+        return [math.nan] * 5
+    mx, my = math.fsum(xs) / n, math.fsum(ys) / n
+    dx, dy = xs - mx, ys - my
+    return [mx, my, math.fsum(dx * dx), math.fsum(dx * dy), math.fsum(dy * dy)]
+
+
+def _check(x, y, present, rtol):
+    got = native.line_sums(x, y, present)
+    assert got is not None and all(g.dtype == torch.float64 for g in got)
+    m = y.shape[-1]
+    xs, ys = x.reshape(-1, m).numpy(), y.reshape(-1, m).numpy()
+    keep = np.ones_like(ys, dtype=bool) if present is None else present.reshape(-1, m).numpy()
+    got = torch.stack(got, -1).reshape(-1, 5).numpy()
+    for row in range(ys.shape[0]):
+        want = _oracle(xs[row], ys[row], keep[row])
+        if math.isnan(want[0]):
+            assert np.isnan(got[row]).all()
+            continue
+        n = keep[row].sum()
+        # Means to a few ulps of the mean plus rtol of the spread; sums to rtol.
+        eps = np.finfo(np.float64).eps
+        tol = rtol * np.array([math.sqrt(want[2] / n), math.sqrt(want[4] / n),
+                               want[2], math.sqrt(want[2] * want[4]), want[4]])
+        tol[:2] += 4 * eps * np.abs(want[:2])
+        error = np.abs(got[row] - np.array(want))
+        assert (error <= tol).all(), (row, got[row], want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 2, 7, 100, 1023, 1024, 1025, 3000])
+def test_sums_against_fsum(dtype, m):
+    gen = torch.Generator().manual_seed(m)
+    x = 1e3 + 5 * torch.randn(6, m, generator=gen, dtype=torch.float64)
+    y = 2 - 3 * x + torch.randn(6, m, generator=gen, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    # float32 data are summed in float64, exactly where the oracle is: same tolerance.
+    _check(x, y, None, rtol=1e-12)
+    present = torch.rand(6, m, generator=gen) < 0.7
+    present[0] = False  # a dataset with no points: nan
+    xb, yb = x.masked_fill(~present, torch.nan), y.masked_fill(~present, torch.inf)
+    _check(xb, yb, present, rtol=1e-12)
+
+
+def test_large_offsets_and_many_points_keep_their_digits():
+    # 1e6 points at an offset of 1e8: naive one-pass sums lose everything,
+    # and one accumulator chain of 1e6 additions loses several digits.
+    gen = torch.Generator().manual_seed(3)
+    x = 1e8 + torch.randn(2, 1_000_000, generator=gen, dtype=torch.float64)
+    y = x + torch.randn(2, 1_000_000, generator=gen, dtype=torch.float64)
+    _check(x, y, None, rtol=1e-13)
+
+
+def test_float32_at_the_ends_of_its_range():
+    # Squares of 1e-30 and 1e30 leave float32; the kernel's float64 holds them.
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(2, 50, generator=gen, dtype=torch.float64)
+    for scale in (1e-30, 1e30, 3e37):
+        x = (base * scale).float()
+        y = (2 * base * scale + 0.1 * scale * torch.randn(2, 50, generator=gen, dtype=torch.float64)).float()
+        _check(x, y, None, rtol=1e-12)
+
+
+def test_broadcast_rows_and_batch_dims():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 4, 40, generator=gen, dtype=torch.float64)
+    xb = x.expand(3, 4, 40)  # row stride 0
+    assert native.line_sums(xb, y, None)[0].shape == (3, 4)
+    _check(xb, y, None, rtol=1e-12)
+
+
+def test_inputs_are_not_changed_and_threads_agree():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 4096, generator=gen)
+    y = torch.randn(64, 4096, generator=gen)
+    present = torch.rand(64, 4096, generator=gen) < 0.5
+    before = [t.clone() for t in (x, y, present)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.line_sums(x, y, present)
+        torch.set_num_threads(2)
+        two = native.line_sums(x, y, present)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):  # each dataset is summed by one thread: bit for bit
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(before, (x, y, present)))
+
+
+def test_calls_the_kernel_cannot_serve_take_the_torch_route(monkeypatch):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 30, generator=gen, dtype=torch.float64)
+    y = 1 + 2 * x + torch.randn(4, 30, generator=gen, dtype=torch.float64)
+    assert native.line_sums(x, y, None) is not None
+    # autograd must record the call, unless grad is off
+    xg = x.clone().requires_grad_()
+    assert native.line_sums(xg, y, None) is None
+    with torch.no_grad():
+        assert native.line_sums(xg, y, None) is not None
+    # points not contiguous; other dtypes; no points at all
+    assert native.line_sums(x.mT.contiguous().mT, y.mT.contiguous().mT, None) is None
+    assert native.line_sums(x.half(), y.half(), None) is None
+    assert native.line_sums(x[:, :0], y[:, :0], None) is None
+    # inside torch.func transforms
+    seen = []
+
+    def one(a, b):
+        seen.append(native.line_sums(a, b, None))
+        return a.sum()
+
+    torch.func.vmap(one)(x, y)
+    torch.func.grad(one)(x[0], y[0])
+    assert seen == [None, None]
+    # switched off
+    monkeypatch.setenv("LOSSFN_NATIVE", "0")
+    assert native.line_sums(x, y, None) is None and not native.available()
+
+
+def test_fits_agree_on_both_routes_and_autograd_still_works(monkeypatch):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 200, generator=gen, dtype=torch.float64)
+    y = 1 + 2 * x + torch.randn(5, 200, generator=gen, dtype=torch.float64)
+    fast = fit.ols(x, y)
+    monkeypatch.setenv("LOSSFN_NATIVE", "0")
+    slow = fit.ols(x, y)
+    for field, a, b in zip(fast._fields, fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=field)
+    monkeypatch.delenv("LOSSFN_NATIVE")
+    xg = x.clone().requires_grad_()
+    fit.ols(xg, y).slope.sum().backward()
+    assert torch.isfinite(xg.grad).all()
+
+
+def test_no_compiler_warns_once_and_fits_still_work(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOSSFN_CACHE_DIR", str(tmp_path))
+    x = torch.arange(10.0)
+    y = 3 * x + 1
+    for compiler, reason in [(str(tmp_path / "no-such-cc"), "no C compiler found"), ("false", "failed")]:
+        monkeypatch.setenv("CC", compiler)
+        native._library.cache_clear()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert not native.available()
+                res = fit.ols(x, y)  # the cached failure: no second warning
+            assert len(caught) == 1 and caught[0].category is RuntimeWarning
+            assert reason in str(caught[0].message) and "LOSSFN_NATIVE=0" in str(caught[0].message)
+            assert res.ok and res.slope.item() == pytest.approx(3.0)
+        finally:
+            native._library.cache_clear()
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+
+
+def test_builds_into_the_cache_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOSSFN_CACHE_DIR", str(tmp_path))
+    native._library.cache_clear()
+    try:
+        assert native.available()
+        built = list(tmp_path.glob("kernels-*.so"))
+        assert len(built) == 1
+    finally:
+        native._library.cache_clear()
