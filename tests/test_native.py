@@ -4,6 +4,7 @@ sums taken with math.fsum, and the rules that send a call to the torch route."""
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 
 import numpy as np
@@ -186,5 +187,22 @@ def test_builds_into_the_cache_directory(monkeypatch, tmp_path):
         assert native.available()
         built = list(tmp_path.glob("kernels-*.so"))
         assert len(built) == 1
+    finally:
+        native._library.cache_clear()
+
+
+def test_a_home_that_cannot_be_written_falls_back_to_a_private_temporary_directory(monkeypatch, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.delenv("LOSSFN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    native._library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: the fallback works
+            assert native.available()
+        built = list((tmp_path / "tmp").glob("lossfn-*/kernels-*.so"))
+        assert len(built) == 1 and (built[0].parent.stat().st_mode & 0o777) == 0o700
     finally:
         native._library.cache_clear()

@@ -299,6 +299,7 @@ def _native_moments(mean_x, mean_y, sxx, sxy, syy, n) -> Moments:
     sxx, syy = sxx.clamp(min=0), syy.clamp(min=0)
     slope = sxy / sxx
     ssr = (syy - slope * sxy).clamp(min=0)
-    fields = (mean_x, mean_y, sxx.sqrt(), syy.sqrt(), sxy / (sxx.sqrt() * syy.sqrt()), slope,
-              ssr.sqrt(), ssr / n, ssr / syy)
-    return Moments(*(f.to(dtype) for f in fields))
+    norm_x, norm_y = sxx.sqrt(), syy.sqrt()
+    fields = torch.stack([mean_x, mean_y, norm_x, norm_y, sxy / (norm_x * norm_y), slope,
+                          ssr.sqrt(), ssr / n, ssr / syy])
+    return Moments(*fields.to(dtype).unbind())  # one cast for all nine

@@ -45,9 +45,11 @@ class OLSFit(NamedTuple):
             parameters, no points, constant or collinear predictors, nan/inf in
             a present point) or one whose coefficients lie outside the dtype's
             range (float32 x of 1e30 and y of 1e-20: a slope of 5e-51); its
-            float fields are then nan. In float32 one predictor is also not ok
+            float fields are then nan. On the pure-torch route (see
+            :mod:`lossfn.fit`), float32 with one predictor is also not ok
             where its unit (taken from its mean and first points) misses data
-            far outside 1e±19 whose mean and first points are near 0.
+            far outside 1e±19 whose mean and first points are near 0; the
+            native kernel sums in float64 and fits those.
     """
 
     intercept: torch.Tensor
@@ -76,10 +78,11 @@ def ols(
     matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
     StRD problems (Filip included) and never truncates the rank silently.
     float32 works at any scale of the data, not only where its squares fit in
-    float32 (about 1e-19 to 1e19): one predictor and the response are brought
-    to power-of-two units of their size (exact); several predictors get their
-    Gram matrices in float64 on the CPU, and on accelerators in float32 with
-    every column in a power-of-two unit. ``sigma2`` alone can then round to 0
+    float32 (about 1e-19 to 1e19): one predictor is summed in float64 by the
+    native kernel on the CPU (:mod:`lossfn.fit`, "Speed"), and elsewhere
+    brought, with the response, to power-of-two units of their size (exact);
+    several predictors get their Gram matrices in float64 on the CPU, and on
+    accelerators in float32 with every column in a power-of-two unit. ``sigma2`` alone can then round to 0
     or inf, where its own value lies outside float32's range.
     Degenerate datasets give nan fields and ``ok=False``; they never raise and
     never touch the other datasets. Runs under ``torch.func.vmap`` and
