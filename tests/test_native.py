@@ -206,3 +206,114 @@ def test_a_home_that_cannot_be_written_falls_back_to_a_private_temporary_directo
         assert len(built) == 1 and (built[0].parent.stat().st_mode & 0o777) == 0o700
     finally:
         native._library.cache_clear()
+
+
+# --- centred_gram: the Gram matrices of several predictors ---------------------------
+
+
+def _gram_oracle(x: np.ndarray, y: np.ndarray, keep: np.ndarray, means=None, transform=None):
+    """float64 numpy: means of the kept points (unless given), Gram of T^T (z - means)."""
+    z = np.c_[x, y][keep].astype(np.float64)
+    mu = z.mean(0) if means is None else means
+    q = (z - mu) if transform is None else (z - mu) @ transform
+    return mu, q.T @ q
+
+
+def _check_gram(x, y, present=None, means=None, transform=None, rtol=1e-12):
+    got = native.centred_gram(x, y, present, means=means, transform=transform)
+    assert got is not None
+    got_means, got_gram = got
+    m, d = x.shape[-2:]
+    k = d + 1
+    assert got_means.shape == y.shape[:-1] + (k,) and got_gram.shape == y.shape[:-1] + (k, k)
+    assert torch.equal(got_gram, got_gram.mT)  # exactly symmetric
+    xs, ys = x.reshape(-1, m, d).numpy(), y.reshape(-1, m).numpy()
+    keep = np.ones_like(ys, dtype=bool) if present is None else present.reshape(-1, m).numpy()
+    gm, gg = got_means.reshape(-1, k).numpy(), got_gram.reshape(-1, k, k).numpy()
+    for r in range(ys.shape[0]):
+        if not keep[r].any():  # no points: means 0/0, an empty sum of products
+            assert np.isnan(gm[r]).all() and (gg[r] == 0).all()
+            continue
+        mu, gram = _gram_oracle(xs[r], ys[r], keep[r],
+                                None if means is None else means.reshape(-1, k)[r].numpy(),
+                                None if transform is None else transform.reshape(-1, k, k)[r].numpy())
+        diag = np.sqrt(np.diag(gram))
+        np.testing.assert_allclose(gm[r], mu, rtol=1e-13, atol=1e-13 * np.abs(xs[r][keep[r]]).max())
+        assert (np.abs(gg[r] - gram) <= rtol * np.outer(diag, diag) + 1e-300).all(), (r, gg[r], gram)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [1, 5, 7, 8, 9, 20, 24, 63])
+def test_gram_against_numpy(dtype, d):
+    gen = torch.Generator().manual_seed(d)
+    m = 300  # one full chunk of 256 points and a part
+    x = (50 + torch.randn(4, m, d, generator=gen, dtype=torch.float64)).to(dtype)
+    y = (x.double().sum(-1) + torch.randn(4, m, generator=gen, dtype=torch.float64)).to(dtype)
+    _check_gram(x, y)
+    present = torch.rand(4, m, generator=gen) < 0.6
+    present[1] = False
+    xb = x.masked_fill(~present.unsqueeze(-1), torch.nan)
+    yb = y.masked_fill(~present, -torch.inf)
+    _check_gram(xb, yb, present)
+    # given means (zeros: no centring) and a transform (the second pass of CholeskyQR2)
+    zeros = torch.zeros(4, d + 1, dtype=torch.float64)
+    _check_gram(x, y, means=zeros)
+    means, gram = native.centred_gram(x, y, None)
+    t = torch.linalg.inv(torch.linalg.cholesky(gram, upper=True))
+    _check_gram(x, y, means=means, transform=t, rtol=1e-11)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 255, 256, 257, 1000])
+def test_gram_point_counts(m):
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(3, m, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, m, generator=gen, dtype=torch.float64)
+    _check_gram(x, y)
+
+
+def test_gram_reads_nothing_past_the_last_point():
+    # The data end right before a page the process may not read: a vector load
+    # past the last point would crash the test instead of passing it.
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None)
+    for dtype, size in ((torch.float32, 4), (torch.float64, 8)):
+        for d in (1, 3, 5, 7, 9, 17):
+            m = 11
+            count = m * d
+            region = mmap.mmap(-1, 2 * page)
+            base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+            assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0  # PROT_NONE
+            try:
+                x = torch.frombuffer(region, dtype=dtype, count=count, offset=page - count * size)
+                x.copy_(torch.arange(count, dtype=dtype) % 7)
+                x = x.view(1, m, d)
+                y = torch.arange(m, dtype=dtype).view(1, m)
+                _check_gram(x, y)
+                _check_gram(x, y, torch.ones(1, m, dtype=torch.bool))
+                del x
+            finally:
+                libc.mprotect(ctypes.c_void_p(base + page), page, 3)  # read/write again
+                region.close()
+
+
+def test_gram_broadcast_rows_threads_and_routing():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(500, 4, generator=gen, dtype=torch.float64).expand(6, 500, 4)  # shared design
+    y = torch.randn(6, 500, generator=gen, dtype=torch.float64)
+    _check_gram(x, y)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.centred_gram(x, y, None)
+        torch.set_num_threads(2)
+        two = native.centred_gram(x, y, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    # not served: too many columns, points not contiguous rows, autograd
+    assert native.centred_gram(torch.zeros(2, 5, 64, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.float64), None) is None
+    assert native.centred_gram(x.mT.contiguous().mT, y, None) is None
+    assert native.centred_gram(x.clone().requires_grad_(), y, None) is None

@@ -1,5 +1,6 @@
 /* Native kernels of lossfn: fused passes over the data that torch would make
- * one operator (and one memory round trip) at a time.
+ * one operator (and one memory round trip) at a time. Two of them:
+ * line_sums (one predictor) and centred_gram (several), below.
  *
  * line_sums: the centred moments of one predictor and the response, per
  * dataset (row). For each row, two passes while the row is in cache:
@@ -18,10 +19,38 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BLOCK 1024
 #define MAX_THREADS 256
+
+/* Threads for `rows` datasets: at most `threads`, MAX_THREADS and `rows`, at least 1. */
+static int thread_count(int threads, int64_t rows)
+{
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > rows) threads = (int)rows;
+    return threads < 1 ? 1 : threads;
+}
+
+/* Runs worker(jobs + t * size) for t < count: count - 1 new threads and the
+ * caller's (which also runs any job whose thread failed to start). Returns 1
+ * if a worker returned non-NULL (failed), else 0. */
+static int fan_out(void *(*worker)(void *), char *jobs, size_t size, int count)
+{
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS], failed = 0;
+    for (int t = 0; t < count; ++t)
+        started[t] = t > 0 && pthread_create(&ids[t], NULL, worker, jobs + t * size) == 0;
+    for (int t = 0; t < count; ++t)
+        if (!started[t]) failed |= worker(jobs + t * size) != NULL;
+    for (int t = 1; t < count; ++t) {
+        void *status = NULL;
+        if (started[t]) pthread_join(ids[t], &status);
+        failed |= status != NULL;
+    }
+    return failed;
+}
 
 /* v where the bit mask is all ones, +0.0 where it is 0. */
 static inline double kept(double v, uint64_t bits)
@@ -128,19 +157,257 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
                       double *out, int threads)
 {
     line_job jobs[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS];
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > rows) threads = rows > 0 ? (int)rows : 1;
+    threads = thread_count(threads, rows);
     int64_t share = (rows + threads - 1) / threads;
     for (int t = 0; t < threads; ++t) {
         int64_t r0 = t * share, r1 = r0 + share < rows ? r0 + share : rows;
         jobs[t] = (line_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, out};
-        started[t] = t > 0 && pthread_create(&ids[t], NULL, run_line_job, &jobs[t]) == 0;
     }
-    for (int t = 0; t < threads; ++t)  /* the caller runs job 0 and any that failed to start */
-        if (!started[t]) run_line_job(&jobs[t]);
-    for (int t = 1; t < threads; ++t)
-        if (started[t]) pthread_join(ids[t], NULL);
+    fan_out(run_line_job, (char *)jobs, sizeof jobs[0], threads);
+}
+
+/* ---------------------------------------------------------------------------
+ * centred_gram: the Gram matrix of the centred augmented data [X y], per
+ * dataset, for least squares with several predictors (lossfn.fit._solve).
+ * x is (rows, m, d) with contiguous points, y (rows, m); k = d + 1 <= KMAX.
+ *   G = sum_t q_t q_t^T,  z_t = [x_t y_t] - means,  q_t = T^T z_t,
+ * with means[k] over the present points computed (means_given == 0) or given
+ * (zeros: no centring), and T (k x k, upper triangular) the identity where
+ * transform == NULL, or given: the second pass of CholeskyQR2.
+ * Absent points are never read. Points go in chunks of CHUNK through a
+ * scratch buffer of centred (and transformed) rows, padded to KP = 8*ceil(k/8)
+ * doubles; a register-blocked product of 8 rows by up to 3 vectors of 8
+ * columns sums each chunk, and chunks are summed into the total (two-level,
+ * like line_sums). Only the upper block triangle is computed; G is mirrored,
+ * so exactly symmetric. Vector code through GCC/Clang vector extensions: the
+ * compiler maps v8d to AVX-512, AVX2 or SSE as the CPU has them.
+ * ------------------------------------------------------------------------- */
+
+#define KMAX 64
+#define CHUNK 256
+
+typedef double v8d __attribute__((vector_size(64), aligned(64)));
+typedef int64_t v8di __attribute__((vector_size(64), aligned(64)));
+
+/* acc(8 rows x W vectors) += sum over the chunk's points of z[r0 + r] * z[8 c0 + 8 c ...]. */
+#define DEFINE_TILE(NAME, W)                                                               \
+    static void NAME(const double *z, int64_t points, int64_t kp, int64_t r0, int64_t c0,  \
+                     double *gram)                                                         \
+    {                                                                                      \
+        v8d acc[8][W];                                                                     \
+        for (int r = 0; r < 8; ++r)                                                        \
+            for (int c = 0; c < W; ++c) acc[r][c] = (v8d){0};                              \
+        for (int64_t t = 0; t < points; ++t) {                                             \
+            const double *zt = z + t * kp;                                                 \
+            v8d col[W];                                                                    \
+            for (int c = 0; c < W; ++c) col[c] = *(const v8d *)(zt + 8 * (c0 + c));        \
+            for (int r = 0; r < 8; ++r) {                                                  \
+                const double s = zt[r0 + r];                                               \
+                for (int c = 0; c < W; ++c) acc[r][c] += s * col[c];                       \
+            }                                                                              \
+        }                                                                                  \
+        for (int r = 0; r < 8; ++r)                                                        \
+            for (int c = 0; c < W; ++c) {                                                  \
+                double *g = gram + (r0 + r) * kp + 8 * (c0 + c);                           \
+                for (int l = 0; l < 8; ++l) g[l] += acc[r][c][l];                          \
+            }                                                                              \
+    }
+
+DEFINE_TILE(tile1, 1)
+DEFINE_TILE(tile2, 2)
+DEFINE_TILE(tile3, 3)
+
+/* gram (kp x kp, upper block triangle) += the chunk's product z^T z. */
+static void chunk_gram(const double *z, int64_t points, int64_t kp, double *gram)
+{
+    const int64_t vectors = kp / 8;
+    for (int64_t rb = 0; rb < vectors; ++rb)
+        for (int64_t c0 = rb; c0 < vectors; c0 += 3) {
+            int64_t w = vectors - c0 < 3 ? vectors - c0 : 3;
+            if (w == 3) tile3(z, points, kp, 8 * rb, c0, gram);
+            else if (w == 2) tile2(z, points, kp, 8 * rb, c0, gram);
+            else tile1(z, points, kp, 8 * rb, c0, gram);
+        }
+}
+
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef double v8du __attribute__((vector_size(64), aligned(8)));
+
+/* The first NV vectors of 8 values of one point's row of x (d values, then
+ * whatever follows in memory: the caller overwrites lanes d and up). Rows
+ * near the end of a dataset, where 8*NV values would run past it, are copied
+ * by the scalar loop instead. */
+static inline v8d load8_f64(const double *p) { return *(const v8du *)p; }
+static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(const v8f *)p, v8d); }
+
+#define DEFINE_GRAM(NAME, T, NV, LOAD)                                                     \
+    static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
+                     int given, const double *tr, double *mean, double *g, double *z,      \
+                     double *block, double *total)                                         \
+    {                                                                                      \
+        enum { KP = 8 * NV };                                                              \
+        const int64_t k = d + 1;                                                           \
+        /* points whose 8*NV-wide load stays inside the dataset's m*d values */            \
+        const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
+        v8d meanv[NV], trv[KMAX][NV];                                                      \
+        double row[KP] __attribute__((aligned(64)));                                       \
+        if (!given) {                                                                      \
+            double n = 0;                                                                  \
+            v8d sum[NV];                                                                   \
+            double sy = 0;                                                                 \
+            for (int c = 0; c < NV; ++c) sum[c] = (v8d){0};                                \
+            for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                    \
+                v8d part[NV];                                                              \
+                double py = 0;                                                             \
+                for (int c = 0; c < NV; ++c) part[c] = (v8d){0};                           \
+                int64_t t1 = t0 + CHUNK < m ? t0 + CHUNK : m;                              \
+                for (int64_t t = t0; t < t1; ++t) {                                        \
+                    if (mr && !mr[t]) continue;                                            \
+                    n += 1;                                                                \
+                    py += (double)yr[t];                                                   \
+                    if (t < safe) {                                                        \
+                        for (int c = 0; c < NV; ++c) part[c] += LOAD(xr + t * d + 8 * c);  \
+                    } else {                                                               \
+                        for (int64_t i = 0; i < KP; ++i) row[i] = i < d ? (double)xr[t * d + i] : 0; \
+                        for (int c = 0; c < NV; ++c) part[c] += *(const v8d *)(row + 8 * c); \
+                    }                                                                      \
+                }                                                                          \
+                for (int c = 0; c < NV; ++c) sum[c] += part[c];                            \
+                sy += py;                                                                  \
+            }                                                                              \
+            for (int64_t i = 0; i < d; ++i) mean[i] = sum[i / 8][i % 8] / n;               \
+            mean[d] = sy / n;                                                              \
+        }                                                                                  \
+        v8di xlanes[NV], ylane[NV];                                                        \
+        for (int c = 0; c < NV; ++c)                                                       \
+            for (int l = 0; l < 8; ++l) {                                                  \
+                meanv[c][l] = 8 * c + l < k ? mean[8 * c + l] : 0;                         \
+                xlanes[c][l] = 8 * c + l < d ? -1 : 0;                                     \
+                ylane[c][l] = 8 * c + l == d ? -1 : 0;                                     \
+            }                                                                              \
+        if (tr)                                                                            \
+            for (int64_t i = 0; i < k; ++i)                                                \
+                for (int c = 0; c < NV; ++c)                                               \
+                    for (int l = 0; l < 8; ++l) {                                          \
+                        int64_t j = 8 * c + l;                                             \
+                        trv[i][c][l] = j >= i && j < k ? tr[i * k + j] : 0;                \
+                    }                                                                      \
+        for (int64_t i = 0; i < KP * KP; ++i) total[i] = 0;                                \
+        for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                        \
+            const int64_t points = (t0 + CHUNK < m ? t0 + CHUNK : m) - t0;                 \
+            for (int64_t p = 0; p < points; ++p) {                                         \
+                const int64_t t = t0 + p;                                                  \
+                v8d *zp = (v8d *)(z + p * KP);                                             \
+                if (mr && !mr[t]) {                                                        \
+                    for (int c = 0; c < NV; ++c) zp[c] = (v8d){0};                         \
+                    continue;                                                              \
+                }                                                                          \
+                /* [x_t y_t 0 ...] - means built in registers (a vector load of          \
+                 * scalar stores would stall store forwarding): lanes < d from x,        \
+                 * lane d from y, the rest 0, by bit masks. */                           \
+                const v8di ybits = (v8di)((v8d){0} + (double)yr[t]);                       \
+                v8d zv[NV];                                                                \
+                for (int c = 0; c < NV; ++c) {                                             \
+                    v8d v;                                                                 \
+                    if (t < safe) v = LOAD(xr + t * d + 8 * c);                            \
+                    else {                                                                 \
+                        for (int l = 0; l < 8; ++l)                                        \
+                            row[8 * c + l] = 8 * c + l < d ? (double)xr[t * d + 8 * c + l] : 0; \
+                        v = *(const v8d *)(row + 8 * c);                                   \
+                    }                                                                      \
+                    zv[c] = (v8d)(((v8di)v & xlanes[c]) | (ybits & ylane[c])) - meanv[c];  \
+                }                                                                          \
+                for (int c = 0; c < NV; ++c) zp[c] = zv[c];                                \
+                if (tr) {                                                                  \
+                    /* q = T^T z, T's rows zero-padded: 2*NV independent sums (even and    \
+                     * odd rows), so the additions' latency overlaps. */                   \
+                    const double *zs = z + p * KP;                                         \
+                    v8d even[NV], odd[NV];                                                 \
+                    for (int c = 0; c < NV; ++c) even[c] = odd[c] = (v8d){0};              \
+                    int64_t i = 0;                                                         \
+                    for (; i + 1 < k; i += 2)                                              \
+                        for (int c = 0; c < NV; ++c) {                                     \
+                            even[c] += zs[i] * trv[i][c];                                  \
+                            odd[c] += zs[i + 1] * trv[i + 1][c];                           \
+                        }                                                                  \
+                    if (i < k)                                                             \
+                        for (int c = 0; c < NV; ++c) even[c] += zs[i] * trv[i][c];         \
+                    for (int c = 0; c < NV; ++c) zp[c] = even[c] + odd[c];                 \
+                }                                                                          \
+            }                                                                              \
+            for (int64_t i = 0; i < KP * KP; ++i) block[i] = 0;                            \
+            chunk_gram(z, points, KP, block);                                              \
+            for (int64_t i = 0; i < KP * KP; ++i) total[i] += block[i];                    \
+        }                                                                                  \
+        for (int64_t i = 0; i < k; ++i)                                                    \
+            for (int64_t j = i; j < k; ++j)                                                \
+                g[i * k + j] = g[j * k + i] = total[i * KP + j];                           \
+    }
+
+#define DEFINE_GRAMS(NV)                                                                   \
+    DEFINE_GRAM(gram_f32_##NV, float, NV, load8_f32)                                       \
+    DEFINE_GRAM(gram_f64_##NV, double, NV, load8_f64)
+DEFINE_GRAMS(1)
+DEFINE_GRAMS(2)
+DEFINE_GRAMS(3)
+DEFINE_GRAMS(4)
+DEFINE_GRAMS(5)
+DEFINE_GRAMS(6)
+DEFINE_GRAMS(7)
+DEFINE_GRAMS(8)
+
+typedef void (*gram_fn)(const void *, const void *, const uint8_t *, int64_t, int64_t, int,
+                        const double *, double *, double *, double *, double *, double *);
+static const gram_fn GRAMS[2][8] = {
+    {(gram_fn)gram_f32_1, (gram_fn)gram_f32_2, (gram_fn)gram_f32_3, (gram_fn)gram_f32_4,
+     (gram_fn)gram_f32_5, (gram_fn)gram_f32_6, (gram_fn)gram_f32_7, (gram_fn)gram_f32_8},
+    {(gram_fn)gram_f64_1, (gram_fn)gram_f64_2, (gram_fn)gram_f64_3, (gram_fn)gram_f64_4,
+     (gram_fn)gram_f64_5, (gram_fn)gram_f64_6, (gram_fn)gram_f64_7, (gram_fn)gram_f64_8},
+};
+
+typedef struct {
+    int is_double;
+    const void *x, *y;
+    const uint8_t *mask;
+    int64_t x_row, y_row, mask_row, r0, r1, m, d;
+    int means_given;
+    const double *transform;
+    double *means, *out;
+} gram_job;
+
+static void *run_gram_job(void *arg)
+{
+    const gram_job *j = arg;
+    const int64_t k = j->d + 1, kp = (k + 7) / 8 * 8;
+    const size_t size = j->is_double ? sizeof(double) : sizeof(float);
+    /* 64-byte aligned scratch: the chunk's rows, its Gram block and the total. */
+    double *z = aligned_alloc(64, sizeof(double) * (CHUNK * kp + 2 * kp * kp));
+    if (!z) return (void *)1;
+    gram_fn gram = GRAMS[j->is_double][kp / 8 - 1];
+    for (int64_t r = j->r0; r < j->r1; ++r)
+        gram((const char *)j->x + r * j->x_row * size, (const char *)j->y + r * j->y_row * size,
+             j->mask ? j->mask + r * j->mask_row : NULL, j->m, j->d, j->means_given,
+             j->transform ? j->transform + r * k * k : NULL, j->means + r * k, j->out + r * k * k,
+             z, z + CHUNK * kp, z + CHUNK * kp + kp * kp);
+    free(z);
+    return NULL;
+}
+
+/* Returns 0; -1 if k = d + 1 > KMAX or scratch memory ran out (the caller
+ * then takes its torch route). */
+int lossfn_centred_gram(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
+                        const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, int64_t d,
+                        int means_given, const double *transform, double *means, double *out,
+                        int threads)
+{
+    gram_job jobs[MAX_THREADS];
+    if (d < 1 || d + 1 > KMAX) return -1;
+    threads = thread_count(threads, rows);
+    int64_t share = (rows + threads - 1) / threads;
+    for (int t = 0; t < threads; ++t) {
+        int64_t r0 = t * share, r1 = r0 + share < rows ? r0 + share : rows;
+        jobs[t] = (gram_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, d,
+                             means_given, transform, means, out};
+    }
+    return fan_out(run_gram_job, (char *)jobs, sizeof jobs[0], threads) ? -1 : 0;
 }

@@ -22,9 +22,10 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_fit_options
+from .._native import centred_gram
 from .._units import largest_abs, power_of_two_scale
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import centred_grams, padded_rows, points_last, solve_grams
+from ._solve import centred_grams, first_factor, padded_rows, points_last, solve_grams
 
 __all__ = ["OLSFit", "ols"]
 
@@ -273,17 +274,42 @@ def _multiple_block(y, x, present, n, intercept: bool):
     return ((mean / unit)[..., : d + 1],) + grams + (unit[..., : d + 1],)
 
 
+def _native_grams(data: Data, intercept: bool, data_eps: Optional[float]):
+    """``(means, *grams)`` as :func:`_multiple_block` gives them, from the native
+    kernel (:mod:`lossfn._native`), or None where it cannot serve the call.
+
+    It forms each Gram matrix in float64 in one pass per dataset while the
+    dataset is in cache, float32 data included (then the one pass is all, as on
+    the torch route); float64 data get CholeskyQR2's second pass from it too.
+    """
+    d = data.x.shape[-1]
+    zeros = None if intercept else data.y.new_zeros(data.y.shape[:-1] + (d + 1,), dtype=torch.float64)
+    first = centred_gram(data.x, data.y, data.present, means=zeros)
+    if first is None:
+        return None
+    means, gram = first
+    n = data.n.to(torch.float64)
+    if data_eps is not None:  # float32 data: one pass in float64 (lossfn.fit._solve)
+        return means, gram
+    r0, info0, t = first_factor(gram, means[..., :d], n, data.y.shape[-1], torch.finfo(gram.dtype).eps)
+    second = centred_gram(data.x, data.y, data.present, means=means, transform=t)
+    if second is None:
+        return None
+    return means, gram, r0, second[1], info0
+
+
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
     d = data.x.shape[-1]
+    work, data_eps = _precision(data.x)
+    native = _native_grams(data, intercept, data_eps) if work == torch.float64 else None
     # Blocks of datasets keep the centred copy in cache for the passes that
     # follow, and spare the page faults of allocating it whole; the small
     # algebra after them runs once, on the whole batch.
-    means, *grams = in_blocks(
+    means, *grams = native if native is not None else in_blocks(
         lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
         data.y, data.x, data.present, n,
     )
-    work, data_eps = _precision(data.x)
     # The float32 route's Gram matrices are in power-of-two units of the
     # columns (see _multiple_block): X' = X·D, y' = y·u, D = diag(ux). Then
     # β = D·β'/u, (XᵀX)⁻¹'s factor is D·C', SSR = SSR'/u²; everything below

@@ -62,7 +62,7 @@ import torch
 
 from ._design import noise_floor, packed_symmetric_index
 
-__all__ = ["Solution", "centred_grams", "solve_grams", "padded_rows", "points_last"]
+__all__ = ["Solution", "centred_grams", "first_factor", "solve_grams", "padded_rows", "points_last"]
 
 
 class Solution(NamedTuple):
@@ -191,25 +191,39 @@ def centred_grams(
     k = d + 1
     rows_first = points_last(k, aug.device)
     kp, m = aug.shape[-2:] if rows_first else aug.shape[-1:-3:-1]
-    eps = torch.finfo(aug.dtype).eps
     data_eps, one_pass = _precision(aug.dtype, data_eps)
     gram = _gram(aug, k, _first(offset, k), n)
     if one_pass:
         return (gram,)
     # CholeskyQR2 of the augmented [X b]: R's last column gives the
     # coefficients and R_bb = ‖b − Xβ‖ (see solve_grams).
-    _, scale = _scales(gram, means, n, data_eps)
-    gram_scaled = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)
-    eye = torch.eye(k, dtype=aug.dtype, device=aug.device)
-    shift = 11 * (m * k + k * (k + 1)) * eps * k
-    r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
-    t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+    r0, info0, t = first_factor(gram, means, n, m, data_eps)
     # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zeros like aug: one more pass over the data.
     t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
     q_aug = t_pad.mT @ aug if rows_first else _times_upper(aug, t_pad)
     q_offset = None if offset is None else (offset.unsqueeze(-2) @ t_pad).squeeze(-2)
     gram1 = _gram(q_aug, k, _first(q_offset, k), n)
     return gram, r0, gram1, info0
+
+
+def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: int,
+                 data_eps: float) -> Tuple[torch.Tensor, ...]:
+    """``(R₀, info₀, T)``: CholeskyQR2's first factor from the first pass's Gram matrix.
+
+    ``R₀ᵀR₀ = S·G·S + s·I`` with the scales ``S`` that give the columns unit
+    norm and the shift ``s`` of shifted CholeskyQR (module docs; ``m`` points,
+    padding included); ``T = S·R₀⁻¹`` maps ``[X b]`` to ``Q₁``, whose Gram
+    matrix is the second pass.
+    """
+    k = gram.shape[-1]
+    eps = torch.finfo(gram.dtype).eps
+    _, scale = _scales(gram, means, n, data_eps)
+    gram_scaled = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    shift = 11 * (m * k + k * (k + 1)) * eps * k
+    r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
+    t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+    return r0, info0, t
 
 
 def solve_grams(
