@@ -317,3 +317,99 @@ def test_gram_broadcast_rows_threads_and_routing():
     assert native.centred_gram(torch.zeros(2, 5, 64, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.float64), None) is None
     assert native.centred_gram(x.mT.contiguous().mT, y, None) is None
     assert native.centred_gram(x.clone().requires_grad_(), y, None) is None
+
+
+# --- review findings: calls that must not reach the kernels, and a cache that lies -----
+
+
+def _line(seed=1, m=20):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, m, generator=gen, dtype=torch.float64)
+    return x, 1 + 2 * x + torch.randn(3, m, generator=gen, dtype=torch.float64)
+
+
+def _linregress_slopes(x, y):
+    import scipy.stats
+
+    return torch.tensor([scipy.stats.linregress(a.numpy(), b.numpy()).slope for a, b in zip(x, y)],
+                        dtype=torch.float64)
+
+
+def test_a_default_device_elsewhere_changes_nothing():
+    # Outputs allocated on the default device (meta here; cuda elsewhere) once
+    # received the kernel's writes: a segmentation fault.
+    x, y = _line()
+    with torch.device("meta"):
+        res = fit.ols(x, y)
+        multi = fit.ols(x.unsqueeze(-1), y)
+    torch.testing.assert_close(res.slope, _linregress_slopes(x, y), rtol=1e-12, atol=0)
+    torch.testing.assert_close(multi.slope[:, 0], _linregress_slopes(x, y), rtol=1e-10, atol=0)
+
+
+def test_forward_mode_autograd_keeps_its_tangents():
+    import torch.autograd.forward_ad as fwAD
+
+    x, y = _line()
+    with fwAD.dual_level():
+        slope = fit.ols(fwAD.make_dual(x, x.clone()), y).slope
+        tangent = fwAD.unpack_dual(slope).tangent
+    # d/dε slope(x·(1 + ε)) = −slope
+    torch.testing.assert_close(tangent, -_linregress_slopes(x, y), rtol=1e-10, atol=0)
+
+
+def test_jit_trace_and_zero_tensors_take_the_torch_route():
+    x, y = _line()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's own deprecation and tracer warnings
+        traced = torch.jit.trace(lambda a, b: fit.ols(a, b).slope, (x, y))
+    x2, y2 = _line(seed=2)
+    torch.testing.assert_close(traced(x2, y2), _linregress_slopes(x2, y2), rtol=1e-12, atol=0)
+    zero = torch._efficientzerotensor((3, 20), dtype=torch.float64)
+    assert native.line_sums(zero, y, None) is None
+    assert not fit.ols(zero, y).ok.any()  # constant x
+
+
+def _in_a_new_process(code: str, cache: str, **env) -> "subprocess.CompletedProcess":
+    """Run ``code`` in a fresh interpreter: a library this process has loaded
+    must not be truncated under it (that is a SIGBUS of its own)."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "LOSSFN_CACHE_DIR": cache, **env}
+    environment.pop("LOSSFN_NATIVE", None)
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], env=environment,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+CHECK = """
+import torch, lossfn._native as native
+from lossfn import fit
+ok = native.available()
+x = torch.arange(12.0, dtype=torch.float64).reshape(2, 6)
+print(ok, fit.ols(x, 3 * x + 1).slope.tolist())
+"""
+
+
+def test_a_truncated_library_in_the_cache_is_rebuilt(tmp_path):
+    # Loading a truncated shared library kills the process (SIGBUS); the
+    # checksum written after each build keeps it from being loaded.
+    cache = str(tmp_path)
+    first = _in_a_new_process(CHECK, cache)
+    assert first.returncode == 0 and first.stdout.split()[0] == "True", first.stderr
+    (library,) = tmp_path.glob("kernels-*.so")
+    whole = library.read_bytes()
+    library.write_bytes(whole[:4096])
+    again = _in_a_new_process(CHECK, cache)
+    assert again.returncode == 0, again.stderr  # was -7 (SIGBUS)
+    assert again.stdout.split()[0] == "True" and library.read_bytes() == whole
+    assert "[3.0, 3.0]" in again.stdout.replace(" ", "").replace(",", ", ")
+    # A compiler that exits 0 without writing anything is refused (and says so);
+    # once it works again the library is built. A compiler with arguments works.
+    library.unlink()
+    broken = _in_a_new_process(CHECK, cache, CC="true")
+    assert broken.returncode == 0 and broken.stdout.split()[0] == "False"
+    assert "no library written" in broken.stderr
+    fixed = _in_a_new_process(CHECK, cache, CC="cc -std=c11")
+    assert fixed.returncode == 0 and fixed.stdout.split()[0] == "True"
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 1  # its own key: the compiler is part of it

@@ -5,36 +5,41 @@ from memory and writes a temporary back. A kernel that makes every pass over
 one dataset while it is in cache reads the data once (``kernels.c``):
 
 * :func:`line_sums`, the centred moments of one predictor and the response
-  (``fit.ols``, ``fit.standardized``): a whole ``fit.ols`` call 1.5-2x faster,
-  and, accumulated in float64, more accurate in float32, where no sum can
-  over- or underflow;
+  (``fit.ols`` with an intercept, ``fit.standardized``): a whole ``fit.ols``
+  call 1.5-2x faster from about 100 points per dataset (about even for very
+  short ones, where per-call costs dominate), and, accumulated in float64,
+  more accurate in float32, where no sum can over- or underflow;
 * :func:`centred_gram`, the Gram matrices of several predictors for the
   least-squares solver (:mod:`lossfn.fit._solve`), both passes of CholeskyQR2
-  included: ``fit.ols`` with several predictors 2-2.5x faster than batched
-  Gram products.
+  included: ``fit.ols`` with several predictors 2-2.5x faster than on the
+  torch route's batched Gram products.
 
 (``benchmarks/fits.py`` measures both against the pure-torch route.)
 
 The kernels are an accelerator for the plain eager case, never a requirement:
-:func:`line_sums` returns None, and the caller runs its pure-torch path,
-whenever the kernels cannot serve the call exactly:
+:func:`line_sums` and :func:`centred_gram` return None, and the caller runs
+its pure-torch path, whenever the kernels cannot serve the call exactly:
 
-* a ``torch.func`` transform is active (``vmap``, ``grad``, ...), or autograd
-  must record the call, or torch is tracing it (``torch.compile``, export):
-  the torch path composes with all of them;
+* a ``torch.func`` transform is active (``vmap``, ``grad``, ...), autograd
+  must record the call (backward or forward mode), or torch is tracing it
+  (``torch.compile``, export, ``torch.jit.trace``): the torch path composes
+  with all of them;
 * the data are not plain float32/float64 CPU tensors whose batch dims flatten
   to one row stride, with the points contiguous;
 * the environment variable ``LOSSFN_NATIVE`` is ``0``;
-* no C compiler is available (``$CC``, else ``cc``): then a RuntimeWarning
-  says so once, and everything still works, only slower.
+* no C compiler is available (``$CC``, which may carry arguments, else
+  ``cc``): then a RuntimeWarning says so once per process, and everything
+  still works, only slower.
 
 The shared library is built with ``cc -O3 -march=native -fopenmp-simd``
 (``-march=native`` dropped if the compiler refuses it) into
 ``$LOSSFN_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossfn`` (``~/.cache/lossfn``),
 else a private ``lossfn-<uid>`` in the temporary directory; its name holds a
 hash of the source, the compiler and the CPU, so a changed source or a home
-directory shared with another machine never loads a stale or foreign build.
-Building takes about a second, once per machine.
+directory shared with another machine never loads a stale or foreign build,
+and a checksum written after each build keeps a truncated file (which would
+crash the process that loads it) from ever being loaded: it is rebuilt.
+Building takes one or two seconds, once per machine.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -74,25 +81,30 @@ def available() -> bool:
 
 
 def _cache_dirs() -> list:
-    """Where the library may be built, in order of preference.
+    """``(directory, private)`` pairs where the library may be built, in order of preference.
 
     The user's cache directory, then a private directory (mode 700, checked to
-    be the user's own) in the system's temporary directory, for a home that
-    cannot be written (some CI runners and containers).
+    be the user's own and closed to others) in the system's temporary
+    directory, for a home that cannot be written (some CI runners, containers).
     """
     explicit = os.environ.get("LOSSFN_CACHE_DIR")
     if explicit:
-        return [Path(explicit)]
+        return [(Path(explicit), False)]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     user = str(os.getuid()) if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    return [Path(base) / "lossfn", Path(tempfile.gettempdir()) / f"lossfn-{user}"]
+    return [(Path(base) / "lossfn", False), (Path(tempfile.gettempdir()) / f"lossfn-{user}", True)]
 
 
-def _private(directory: Path) -> bool:
-    """Create ``directory`` if needed; True if it is a directory this user owns and may write."""
+def _usable(directory: Path, private: bool) -> bool:
+    """Create ``directory`` if needed; True if this user owns it and may write it
+    (and, for a ``private`` one in a shared place, nobody else may)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    owned = not hasattr(os, "getuid") or directory.stat().st_uid == os.getuid()
-    return directory.is_dir() and owned and os.access(directory, os.W_OK)
+    info = directory.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return False
+    if private and info.st_mode & 0o077:
+        return False
+    return directory.is_dir() and os.access(directory, os.W_OK)
 
 
 def _cpu_identity() -> str:
@@ -107,49 +119,93 @@ def _cpu_identity() -> str:
     return platform.processor() + platform.machine()
 
 
-def _build(compiler: str, target: Path) -> Optional[str]:
-    """Compile the kernels into ``target``; None on success, else why not.
+def _checksum_path(target: Path) -> Path:
+    return target.with_suffix(".sha256")
 
-    Written to a temporary name and renamed: processes building at once never
-    load a half-written library.
+
+def _intact(target: Path) -> bool:
+    """True if ``target`` is the library a finished build wrote: its checksum,
+    written after it, matches. A truncated or half-copied file (which would
+    crash the process when loaded, with SIGBUS) never is."""
+    try:
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        return _checksum_path(target).read_text(encoding="ascii").strip() == digest
+    except OSError:
+        return False
+
+
+def _replace_with(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically: a temporary file, synced, then renamed."""
+    handle, partial = tempfile.mkstemp(dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _build(compiler: list, target: Path) -> Optional[str]:
+    """Compile the kernels into ``target`` and its checksum; None on success, else why not.
+
+    Compiled to a temporary name and moved into place whole, the checksum
+    last: processes building at once never load a half-written library.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     errors = ""
     try:
         for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
-            cmd = [compiler, *FLAGS, *extra, "-o", partial, str(SOURCE)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode == 0:
-                os.replace(partial, target)
+            cmd = [*compiler, *FLAGS, *extra, "-o", partial, str(SOURCE)]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+            except subprocess.TimeoutExpired:
+                return f"{' '.join(cmd)} took over 300 s"
+            library = Path(partial).read_bytes()
+            if done.returncode == 0 and library:
+                _replace_with(target, library)
+                _replace_with(_checksum_path(target), hashlib.sha256(library).hexdigest().encode())
                 return None
-            errors = done.stderr.strip()[-500:]
+            errors = done.stderr.strip()[-500:] or f"exit code {done.returncode}, no library written"
         return f"{' '.join(cmd)} failed: {errors}"
     finally:
         if os.path.exists(partial):
             os.remove(partial)
 
 
+_BUILDING = threading.Lock()  # threads of one process build once, not each their own
+
+
 @functools.lru_cache(maxsize=None)  # memoizes a pure function of the source and the machine
 def _library() -> Optional[ctypes.CDLL]:
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        _unavailable(f"no C compiler found (set CC, or install cc; looked for {os.environ.get('CC', 'cc')!r})")
+    with _BUILDING:
+        return _load()
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    wanted = os.environ.get("CC", "cc")
+    words = shlex.split(wanted)  # CC="ccache gcc" or "gcc -std=c11" work too
+    found = shutil.which(words[0]) if words else None
+    if found is None:
+        _unavailable(f"no C compiler found (set CC, or install cc; looked for {wanted!r})")
         return None
+    compiler = [found, *words[1:]]
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([
-        source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
+        source, " ".join(compiler).encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
         sys.platform.encode(),
     ])).hexdigest()[:20]
     problems = []
-    for directory in _cache_dirs():
+    for directory, private in _cache_dirs():
         target = directory / f"kernels-{key}.so"
         try:
-            if not _private(directory):
-                problems.append(f"{directory} is not a directory of this user's that can be written")
+            if not _usable(directory, private):
+                problems.append(f"{directory} is not a directory that only this user can write")
                 continue
-            if not target.exists():
+            if not _intact(target):  # missing, or a build that did not finish: (re)build
                 reason = _build(compiler, target)
                 if reason is not None:  # a compiler that fails will fail in any directory
                     _unavailable(reason)
@@ -192,6 +248,7 @@ def _plain(t: Optional[torch.Tensor]) -> bool:
         and t.layout == torch.strided
         and not torch._C._functorch.is_functorch_wrapped_tensor(t)
         and not t.is_neg()
+        and not t._is_zerotensor()  # no memory behind it
     )
 
 
@@ -207,7 +264,9 @@ def _rows(t: Optional[torch.Tensor], m: int) -> Optional[torch.Tensor]:
 def _eligible(*tensors: Optional[torch.Tensor]) -> bool:
     if not enabled() or torch._C._are_functorch_transforms_active():
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:  # inside fwAD.dual_level(): tangents
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
@@ -235,7 +294,7 @@ def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor])
         return None
     fx, fy, fm = flat
     rows = fy.shape[0]
-    out = torch.empty(rows, 5, dtype=torch.float64)
+    out = torch.empty(rows, 5, dtype=torch.float64, device="cpu")  # not the default device
     # Threads only where each gets enough work to pay for starting it.
     threads = max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
     lib.lossfn_line_sums(
@@ -286,11 +345,12 @@ def centred_gram(
     rows, k = fy.shape[0], d + 1
     batch = y.shape[:-1]
     given = means is not None
-    means = (torch.empty(rows, k, dtype=torch.float64) if means is None
-             else means.to(torch.float64).reshape(rows, k).contiguous())
+    cpu64 = {"dtype": torch.float64, "device": "cpu"}  # not the default device
+    means = (torch.empty(rows, k, **cpu64) if means is None
+             else means.to(**cpu64).reshape(rows, k).contiguous())
     if transform is not None:
-        transform = transform.to(torch.float64).reshape(rows, k, k).contiguous()
-    out = torch.empty(rows, k, k, dtype=torch.float64)
+        transform = transform.to(**cpu64).reshape(rows, k, k).contiguous()
+    out = torch.empty(rows, k, k, **cpu64)
     threads = max(1, min(torch.get_num_threads(), rows * m * k // (1 << 16)))
     status = lib.lossfn_centred_gram(
         int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(), fy.stride(0),

@@ -230,6 +230,26 @@ static void chunk_gram(const double *z, int64_t points, int64_t kp, double *gram
         }
 }
 
+/* q (points x kp) = z (points x kp) T, T (kp x kp, rows of tpad) upper
+ * triangular: the columns of vector c need rows < 8c + 8 of T only. Tiles of
+ * 8 points by one vector: 8 independent sums, T's row vector loaded once per
+ * tile. Rows of z past `points` (up to a multiple of 8) are read, not used. */
+static void chunk_transform(const double *z, int64_t points, int64_t kp, int64_t k,
+                            const double *tpad, double *q)
+{
+    for (int64_t p0 = 0; p0 < points; p0 += 8)
+        for (int64_t c = 0; c < kp / 8; ++c) {
+            v8d acc[8];
+            for (int r = 0; r < 8; ++r) acc[r] = (v8d){0};
+            const int64_t rows = k < 8 * c + 8 ? k : 8 * c + 8;
+            for (int64_t i = 0; i < rows; ++i) {
+                const v8d tv = *(const v8d *)(tpad + i * kp + 8 * c);
+                for (int r = 0; r < 8; ++r) acc[r] += z[(p0 + r) * kp + i] * tv;
+            }
+            for (int r = 0; r < 8; ++r) *(v8d *)(q + (p0 + r) * kp + 8 * c) = acc[r];
+        }
+}
+
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef double v8du __attribute__((vector_size(64), aligned(8)));
 
@@ -243,7 +263,7 @@ static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(c
 #define DEFINE_GRAM(NAME, T, NV, LOAD)                                                     \
     static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
                      int given, const double *tr, double *mean, double *g, double *z,      \
-                     double *block, double *total)                                         \
+                     double *q, double *block, double *total)                              \
     {                                                                                      \
         enum { KP = 8 * NV };                                                              \
         const int64_t k = d + 1;                                                           \
@@ -318,25 +338,10 @@ static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(c
                     zv[c] = (v8d)(((v8di)v & xlanes[c]) | (ybits & ylane[c])) - meanv[c];  \
                 }                                                                          \
                 for (int c = 0; c < NV; ++c) zp[c] = zv[c];                                \
-                if (tr) {                                                                  \
-                    /* q = T^T z, T's rows zero-padded: 2*NV independent sums (even and    \
-                     * odd rows), so the additions' latency overlaps. */                   \
-                    const double *zs = z + p * KP;                                         \
-                    v8d even[NV], odd[NV];                                                 \
-                    for (int c = 0; c < NV; ++c) even[c] = odd[c] = (v8d){0};              \
-                    int64_t i = 0;                                                         \
-                    for (; i + 1 < k; i += 2)                                              \
-                        for (int c = 0; c < NV; ++c) {                                     \
-                            even[c] += zs[i] * trv[i][c];                                  \
-                            odd[c] += zs[i + 1] * trv[i + 1][c];                           \
-                        }                                                                  \
-                    if (i < k)                                                             \
-                        for (int c = 0; c < NV; ++c) even[c] += zs[i] * trv[i][c];         \
-                    for (int c = 0; c < NV; ++c) zp[c] = even[c] + odd[c];                 \
-                }                                                                          \
             }                                                                              \
+            if (tr) chunk_transform(z, points, KP, k, (const double *)trv, q);             \
             for (int64_t i = 0; i < KP * KP; ++i) block[i] = 0;                            \
-            chunk_gram(z, points, KP, block);                                              \
+            chunk_gram(tr ? q : z, points, KP, block);                                     \
             for (int64_t i = 0; i < KP * KP; ++i) total[i] += block[i];                    \
         }                                                                                  \
         for (int64_t i = 0; i < k; ++i)                                                    \
@@ -357,7 +362,8 @@ DEFINE_GRAMS(7)
 DEFINE_GRAMS(8)
 
 typedef void (*gram_fn)(const void *, const void *, const uint8_t *, int64_t, int64_t, int,
-                        const double *, double *, double *, double *, double *, double *);
+                        const double *, double *, double *, double *, double *, double *,
+                        double *);
 static const gram_fn GRAMS[2][8] = {
     {(gram_fn)gram_f32_1, (gram_fn)gram_f32_2, (gram_fn)gram_f32_3, (gram_fn)gram_f32_4,
      (gram_fn)gram_f32_5, (gram_fn)gram_f32_6, (gram_fn)gram_f32_7, (gram_fn)gram_f32_8},
@@ -380,15 +386,19 @@ static void *run_gram_job(void *arg)
     const gram_job *j = arg;
     const int64_t k = j->d + 1, kp = (k + 7) / 8 * 8;
     const size_t size = j->is_double ? sizeof(double) : sizeof(float);
-    /* 64-byte aligned scratch: the chunk's rows, its Gram block and the total. */
-    double *z = aligned_alloc(64, sizeof(double) * (CHUNK * kp + 2 * kp * kp));
+    /* 64-byte aligned scratch, zeroed: the chunk's rows (and 8 more, read by
+     * chunk_transform's last tile), their transform, a Gram block, the total. */
+    const size_t rows = CHUNK + 8, doubles = 2 * rows * kp + 2 * kp * kp;
+    double *z = aligned_alloc(64, sizeof(double) * doubles);
     if (!z) return (void *)1;
+    memset(z, 0, sizeof(double) * doubles);
+    double *q = z + rows * kp, *block = q + rows * kp, *total = block + kp * kp;
     gram_fn gram = GRAMS[j->is_double][kp / 8 - 1];
     for (int64_t r = j->r0; r < j->r1; ++r)
         gram((const char *)j->x + r * j->x_row * size, (const char *)j->y + r * j->y_row * size,
              j->mask ? j->mask + r * j->mask_row : NULL, j->m, j->d, j->means_given,
              j->transform ? j->transform + r * k * k : NULL, j->means + r * k, j->out + r * k * k,
-             z, z + CHUNK * kp, z + CHUNK * kp + kp * kp);
+             z, q, block, total);
     free(z);
     return NULL;
 }
