@@ -11,8 +11,9 @@ Simple regression (B datasets × m points, float32 and float64):
   first ``--loop-datasets`` datasets after a warm-up call and scaled to B;
 * the read-once floor ``x.sum() + y.sum()``: no fit can read its data faster.
 
-Multiple regression (B = 1000, m = 500, d = 5 and 20): ``fit.ols`` against
-batched ``torch.linalg.lstsq`` with an intercept column, and one batched
+Multiple regression (B = 1000, m = 500, d = 5 and 20): ``fit.ols`` (and its
+pure-torch route) against batched ``torch.linalg.lstsq`` with an intercept
+column, and one batched
 float64 Gram product of the prebuilt ``[1 X y]``: the work of one pass of a
 Gram-based solver (``fit.ols`` makes three for float64 data, CholeskyQR2 being
 what Filip's accuracy needs, and one for float32 data, accumulated in float64).
@@ -114,6 +115,7 @@ def multiple_rows(ds, dtypes, batch: int, m: int, repeats: int) -> List[Dict]:
             wide = torch.cat([design, col], dim=-1).double()
             t = timed({
                 "ols": lambda: fit.ols(x, y),
+                "torch": torch_route(lambda: fit.ols(x, y)),
                 "lstsq": lambda: torch.linalg.lstsq(design, col),
                 "gram": lambda: wide.mT @ wide,
             }, repeats)
@@ -166,12 +168,12 @@ def main() -> None:
               f"{vs_lstsq:7.1f}x {vs_sm:6.0f}x {over_floor:6.1f}x  {'yes' if met else 'NO'}")
 
     print("\nMultiple regression (target: >= 3x lstsq; gram: one float64 Gram product of [1 X y])")
-    print(f"{'B x m x d':>13} {'dtype':>8} {'ols':>9} {'lstsq':>9} {'gram':>9} | {'vs lstsq':>8} "
-          f"{'/gram':>6}  met")
+    print(f"{'B x m x d':>13} {'dtype':>8} {'ols':>9} {'torch':>9} {'lstsq':>9} {'gram':>9} | "
+          f"{'vs lstsq':>8} {'/gram':>6}  met")
     for r in multiple_rows((5, 20), dtypes, multi[0], multi[1], repeats):
         ratio = r["lstsq"] / r["ols"]
-        print(f"{r['shape']:>13} {r['dtype']:>8} {ms(r['ols'])} {ms(r['lstsq'])} {ms(r['gram'])} | "
-              f"{ratio:7.1f}x {r['ols'] / r['gram']:5.1f}x  {'yes' if ratio >= 3 else 'NO'}")
+        print(f"{r['shape']:>13} {r['dtype']:>8} {ms(r['ols'])} {ms(r['torch'])} {ms(r['lstsq'])} "
+              f"{ms(r['gram'])} | {ratio:7.1f}x {r['ols'] / r['gram']:5.1f}x  {'yes' if ratio >= 3 else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -103,17 +103,22 @@ def test_inputs_are_not_changed_and_threads_agree():
     y = torch.randn(64, 4096, generator=gen)
     present = torch.rand(64, 4096, generator=gen) < 0.5
     before = [t.clone() for t in (x, y, present)]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = native.line_sums(x, y, present)
-        torch.set_num_threads(2)
-        two = native.line_sums(x, y, present)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(lambda: native.line_sums(x, y, present))
     for a, b in zip(one, two):  # each dataset is summed by one thread: bit for bit
         assert torch.equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(before, (x, y, present)))
+
+
+def _on_one_and_two_threads(call):
+    """``call()`` with torch (and so the kernels) on one thread, then on two."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = call()
+        torch.set_num_threads(2)
+        return one, call()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_calls_the_kernel_cannot_serve_take_the_torch_route(monkeypatch):
@@ -301,17 +306,11 @@ def test_gram_reads_nothing_past_the_last_point():
 
 def test_gram_broadcast_rows_threads_and_routing():
     gen = torch.Generator().manual_seed(9)
-    x = torch.randn(500, 4, generator=gen, dtype=torch.float64).expand(6, 500, 4)  # shared design
-    y = torch.randn(6, 500, generator=gen, dtype=torch.float64)
+    # a design shared by every dataset; enough work for two threads (lossfn._native)
+    x = torch.randn(2000, 4, generator=gen, dtype=torch.float64).expand(40, 2000, 4)
+    y = torch.randn(40, 2000, generator=gen, dtype=torch.float64)
     _check_gram(x, y)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = native.centred_gram(x, y, None)
-        torch.set_num_threads(2)
-        two = native.centred_gram(x, y, None)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(lambda: native.centred_gram(x, y, None))
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     # not served: too many columns, points not contiguous rows, autograd
     assert native.centred_gram(torch.zeros(2, 5, 64, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.float64), None) is None
