@@ -11,8 +11,9 @@ one dataset while it is in cache reads the data once (``kernels.c``):
   more accurate in float32, where no sum can over- or underflow;
 * :func:`centred_gram`, the Gram matrices of several predictors for the
   least-squares solver (:mod:`lossfn.fit._solve`), both passes of CholeskyQR2
-  included: ``fit.ols`` with several predictors 2-2.5x faster than on the
-  torch route's batched Gram products.
+  included: ``fit.ols`` with several predictors 1.5-2.5x faster than on the
+  torch route's batched Gram products (the least from about 100 points per
+  dataset down, where the small algebra after the passes dominates).
 
 (``benchmarks/fits.py`` measures both against the pure-torch route.)
 

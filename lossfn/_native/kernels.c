@@ -174,7 +174,9 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
  * with means[k] over the present points computed (means_given == 0) or given
  * (zeros: no centring), and T (k x k, upper triangular) the identity where
  * transform == NULL, or given: the second pass of CholeskyQR2.
- * Absent points are never read. Points go in chunks of CHUNK through a
+ * Absent points never count (the 8-wide loads of a present point may read
+ * the next points' x, cleared by bit masks). Computed means are corrected by
+ * the sums of the centred data (see the end of DEFINE_GRAM). Points go in chunks of CHUNK through a
  * scratch buffer of centred (and transformed) rows, padded to KP = 8*ceil(k/8)
  * doubles; a register-blocked product of 8 rows by up to 3 vectors of 8
  * columns sums each chunk, and chunks are summed into the total (two-level,
@@ -271,8 +273,8 @@ static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(c
         const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
         v8d meanv[NV], trv[KMAX][NV];                                                      \
         double row[KP] __attribute__((aligned(64)));                                       \
+        double n = 0;                                                                      \
         if (!given) {                                                                      \
-            double n = 0;                                                                  \
             v8d sum[NV];                                                                   \
             double sy = 0;                                                                 \
             for (int c = 0; c < NV; ++c) sum[c] = (v8d){0};                                \
@@ -313,8 +315,12 @@ static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(c
                         trv[i][c][l] = j >= i && j < k ? tr[i * k + j] : 0;                \
                     }                                                                      \
         for (int64_t i = 0; i < KP * KP; ++i) total[i] = 0;                                \
+        v8d shift[NV]; /* sum of z: the first-pass means' error, removed at the end */     \
+        for (int c = 0; c < NV; ++c) shift[c] = (v8d){0};                                  \
         for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                        \
             const int64_t points = (t0 + CHUNK < m ? t0 + CHUNK : m) - t0;                 \
+            v8d part[NV];                                                                  \
+            for (int c = 0; c < NV; ++c) part[c] = (v8d){0};                               \
             for (int64_t p = 0; p < points; ++p) {                                         \
                 const int64_t t = t0 + p;                                                  \
                 v8d *zp = (v8d *)(z + p * KP);                                             \
@@ -337,16 +343,31 @@ static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(c
                     }                                                                      \
                     zv[c] = (v8d)(((v8di)v & xlanes[c]) | (ybits & ylane[c])) - meanv[c];  \
                 }                                                                          \
-                for (int c = 0; c < NV; ++c) zp[c] = zv[c];                                \
+                for (int c = 0; c < NV; ++c) {                                             \
+                    zp[c] = zv[c];                                                         \
+                    part[c] += zv[c];                                                      \
+                }                                                                          \
             }                                                                              \
+            for (int c = 0; c < NV; ++c) shift[c] += part[c];                              \
             if (tr) chunk_transform(z, points, KP, k, (const double *)trv, q);             \
             for (int64_t i = 0; i < KP * KP; ++i) block[i] = 0;                            \
             chunk_gram(tr ? q : z, points, KP, block);                                     \
             for (int64_t i = 0; i < KP * KP; ++i) total[i] += block[i];                    \
         }                                                                                  \
-        for (int64_t i = 0; i < k; ++i)                                                    \
-            for (int64_t j = i; j < k; ++j)                                                \
-                g[i * k + j] = g[j * k + i] = total[i * KP + j];                           \
+        /* Computed means are off by the rounding of their sums (15-30 eps of a      \
+         * constant column: more than the rank test's noise floor): with the sums s   \
+         * of z = v - mean, the mean is mean + s/n and the Gram matrix                \
+         * G - s s^T/n, as for shifted sums (line_sums). Given means stay as given.   \
+         * Either way G is mirrored from its upper triangle: exactly symmetric. */   \
+        const int correct = !given && n > 0;                                               \
+        for (int64_t i = 0; i < k; ++i) {                                                  \
+            const double si = correct ? shift[i / 8][i % 8] : 0;                           \
+            for (int64_t j = i; j < k; ++j) {                                              \
+                const double sj = correct ? shift[j / 8][j % 8] : 0;                       \
+                g[i * k + j] = g[j * k + i] = total[i * KP + j] - (correct ? si * sj / n : 0); \
+            }                                                                              \
+            if (correct) mean[i] += si / n;                                                \
+        }                                                                                  \
     }
 
 #define DEFINE_GRAMS(NV)                                                                   \

@@ -812,3 +812,39 @@ def test_standardized_rho_when_sxx_syy_product_leaves_the_range(e, masked):
     else:
         s = fit.standardized(x, y)
     assert s.ok and s.rho.item() == pytest.approx(ref, abs=1e-5)
+
+
+def test_a_constant_column_among_several_is_never_ok():
+    # The native Gram kernel once summed a constant column's mean 15-30 eps
+    # off, so the centred column was a constant above the rank test's noise
+    # floor and orthogonal to the rest: ok=True, coefficients meaningless
+    # (58 of 150 such designs at d = 2). Oracle: by construction, a column
+    # equal to one value everywhere is collinear with the intercept (numpy's
+    # matrix_rank of the centred design would see its rounded mean, not this).
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        d, m = 1 + case % 3, int(rng.integers(100, 3000))
+        x = rng.standard_normal((m, d))
+        column = int(rng.integers(d))
+        x[:, column] = rng.uniform(0.05, 1000)
+        y = x.sum(1) + rng.standard_normal(m)
+        assert (x[:, column] == x[0, column]).all()
+        res = fit.ols(torch.tensor(x), torch.tensor(y))
+        assert not res.ok, (case, x[0, column], m)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_many_points_at_a_large_offset_keep_their_digits(seed):
+    # m = 3e5 points at an offset of 1e10: a first-pass mean summed point by
+    # point is off by ~m/256 eps, and the native Gram kernel once gave slopes
+    # 5e-11 off (both routes now stay below 1.1e-12). Oracle: the closed form
+    # with every sum correctly rounded (math.fsum).
+    rng = np.random.default_rng(seed)
+    m = 300_000
+    x = 1e10 + rng.standard_normal(m)
+    y = 3.0 - 0.5 * (x - 1e10) + rng.standard_normal(m)
+    mx, my = math.fsum(x) / m, math.fsum(y) / m
+    slope = math.fsum((x - mx) * (y - my)) / math.fsum((x - mx) ** 2)
+    for design in (torch.tensor(x), torch.tensor(x)[:, None]):
+        res = fit.ols(design, torch.tensor(y))
+        assert res.ok and float(res.slope.reshape(())) == pytest.approx(slope, rel=5e-12, abs=0)
