@@ -303,7 +303,7 @@ def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor])
         None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0),
         rows, m, out.data_ptr(), threads,
     )
-    return tuple(out.unbind(-1)[k].view(y.shape[:-1]) for k in range(5))
+    return tuple(column.view(y.shape[:-1]) for column in out.unbind(-1))
 
 
 def centred_gram(
