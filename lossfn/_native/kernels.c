@@ -252,7 +252,6 @@ static void chunk_transform(const double *z, int64_t points, int64_t kp, int64_t
         }
 }
 
-typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef double v8du __attribute__((vector_size(64), aligned(8)));
 
 /* The first NV vectors of 8 values of one point's row of x (d values, then
@@ -266,7 +265,12 @@ static inline v8d load8_f64(const double *p) { return *(const v8du *)p; }
  * halves and an insert, which made this load the hot spot of float32 fits. */
 static inline v8d load8_f32(const float *p) { return (v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
 #else
-static inline v8d load8_f32(const float *p) { return __builtin_convertvector(*(const v8f *)p, v8d); }
+static inline v8d load8_f32(const float *p)
+{
+    v8d v; /* a loop the compiler vectorizes (no __builtin_convertvector: GCC >= 9 only) */
+    for (int l = 0; l < 8; ++l) v[l] = p[l];
+    return v;
+}
 #endif
 
 #define DEFINE_GRAM(NAME, T, NV, LOAD)                                                     \

@@ -1,20 +1,26 @@
-"""The two routes of the one-predictor moments, for the fit tests."""
+"""The two routes of ``fit.ols`` and ``fit.standardized`` on the CPU, for the fit tests.
+
+A test module runs every test on both by importing the autouse fixture:
+``from routes import route``.
+"""
 
 import pytest
 
 import lossfn._native
 
-#: "native": the C kernel (lossfn._native), which fits take by default on the CPU;
+#: "native": the C kernels of lossfn._native (one predictor's moments, the
+#: Gram matrices of several), which fits take by default on the CPU;
 #: "torch": the pure-torch path, which vmap, autograd and accelerators take.
 ROUTES = ["native", "torch"]
 
 
-def use_route(route, monkeypatch):
+@pytest.fixture(autouse=True, params=ROUTES)
+def route(request, monkeypatch):
     """Force one route. The native one must be there: CI has a C compiler, so a
     kernel that fails to build fails these tests instead of skipping them."""
-    if route == "torch":
+    if request.param == "torch":
         monkeypatch.setenv("LOSSFN_NATIVE", "0")
     else:
         monkeypatch.delenv("LOSSFN_NATIVE", raising=False)
         assert lossfn._native.available(), "the native kernels did not build (see the warning)"
-    return route
+    return request.param

@@ -14,13 +14,7 @@ import torch
 import lossfn
 from lossfn import fit
 from nist_reference import REGRESSION, lre, regression
-from routes import ROUTES, use_route
-
-
-@pytest.fixture(autouse=True, params=ROUTES)
-def route(request, monkeypatch):
-    """Every test runs on both routes of the one-predictor moments (routes.py)."""
-    return use_route(request.param, monkeypatch)
+from routes import route  # noqa: F401 (an autouse fixture: every test on both routes)
 
 # Minimum LRE over the coefficients (issue 3); standard errors >= 7 except Filip.
 COEF_GATE = {
@@ -602,10 +596,10 @@ def test_float32_subnormal_sums_are_not_ok(route):
             assert res.stderr[1].item() == pytest.approx(ref.stderr * 2.0**76, rel=1e-4)
 
 
-@pytest.mark.parametrize("route", ["cpu", "accelerator"])
-def test_float32_sigma2_where_ssr_overflows_but_ssr_over_n_does_not(monkeypatch, route):
+@pytest.mark.parametrize("solver", ["cpu", "accelerator"])
+def test_float32_sigma2_where_ssr_overflows_but_ssr_over_n_does_not(monkeypatch, solver):
     # m = 4000, noise of 2e18: SSR ≈ 1.6e40 overflows float32, σ̂² ≈ 4e36 does not.
-    if route == "accelerator":
+    if solver == "accelerator":
         monkeypatch.setattr(lossfn.fit._ols, "_precision", lambda x: (x.dtype, None))
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 4000, 2, generator=g, dtype=torch.float64)
@@ -848,3 +842,24 @@ def test_many_points_at_a_large_offset_keep_their_digits(seed):
     for design in (torch.tensor(x), torch.tensor(x)[:, None]):
         res = fit.ols(design, torch.tensor(y))
         assert res.ok and float(res.slope.reshape(())) == pytest.approx(slope, rel=5e-12, abs=0)
+
+
+def test_each_route_is_the_one_it_says(monkeypatch, route):
+    # The "native" runs of this module test the kernels only if fits reach
+    # them: spy on both, for one predictor and for several.
+    import lossfn.fit._design
+    import lossfn.fit._ols
+
+    served = []
+    for module, name in ((lossfn.fit._design, "line_sums"), (lossfn.fit._ols, "centred_gram")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **k: served.append(_real(*a, **k)) or served[-1])
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 40, 2, generator=gen, dtype=torch.float64)
+    y = x.sum(-1) + torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    for xs in (x[..., 0].contiguous(), x, x.float()):
+        fit.ols(xs, y.to(xs.dtype))
+    if route == "native":  # one predictor: 1 call; float64 several: 2 passes; float32: 1
+        assert len(served) == 4 and all(s is not None for s in served)
+    else:  # every call declined (the second pass is never asked for)
+        assert len(served) == 3 and all(s is None for s in served)

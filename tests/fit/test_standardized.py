@@ -11,13 +11,7 @@ import torch
 
 import lossfn
 from lossfn import fit
-from routes import ROUTES, use_route
-
-
-@pytest.fixture(autouse=True, params=ROUTES)
-def route(request, monkeypatch):
-    """Every test runs on both routes of the one-predictor moments (routes.py)."""
-    return use_route(request.param, monkeypatch)
+from routes import route  # noqa: F401 (an autouse fixture: every test on both routes)
 
 
 def _data(seed, batch=6, m=30, dtype=torch.float64):
