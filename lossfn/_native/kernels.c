@@ -273,7 +273,27 @@ static inline v8d load8_f32(const float *p)
 }
 #endif
 
-#define DEFINE_GRAM(NAME, T, NV, LOAD)                                                     \
+/* Vector c (8 lanes) of point t's row [x_t y_t 0 ...]: lanes < d from x (one
+ * 8-wide load where it stays inside the dataset's m*d values, t < safe;
+ * copied value by value near its end), lane d from y, the rest 0, by bit
+ * masks built in registers (a vector load of scalar stores would stall store
+ * forwarding). */
+#define DEFINE_POINT(NAME, T, LOAD)                                                        \
+    static inline v8d NAME(const T *xr, int64_t t, int64_t d, int c, int64_t safe,        \
+                           v8di xlane, v8di ybits, v8di ylane)                             \
+    {                                                                                      \
+        v8d v;                                                                             \
+        if (t < safe) {                                                                    \
+            v = LOAD(xr + t * d + 8 * c);                                                  \
+        } else {                                                                           \
+            for (int l = 0; l < 8; ++l) v[l] = 8 * c + l < d ? (double)xr[t * d + 8 * c + l] : 0; \
+        }                                                                                  \
+        return (v8d)(((v8di)v & xlane) | (ybits & ylane));                                 \
+    }
+DEFINE_POINT(point_f32, float, load8_f32)
+DEFINE_POINT(point_f64, double, load8_f64)
+
+#define DEFINE_GRAM(NAME, T, NV, POINT)                                                     \
     static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
                      int given, const double *tr, double *mean, double *g, double *z,      \
                      double *q, double *block, double *total)                              \
@@ -283,7 +303,6 @@ static inline v8d load8_f32(const float *p)
         /* points whose 8*NV-wide load stays inside the dataset's m*d values */            \
         const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
         v8d meanv[NV], trv[KMAX][NV];                                                      \
-        double row[KP] __attribute__((aligned(64)));                                       \
         double n = 0;                                                                      \
         /* lanes < d take x, lane d takes y, the rest 0: [x_t y_t 0 ...] by bit masks */  \
         v8di xlanes[NV], ylane[NV];                                                        \
@@ -303,16 +322,8 @@ static inline v8d load8_f32(const float *p)
                     if (mr && !mr[t]) continue;                                            \
                     n += 1;                                                                \
                     const v8di ybits = (v8di)((v8d){0} + (double)yr[t]);                   \
-                    for (int c = 0; c < NV; ++c) {                                         \
-                        v8d v;                                                             \
-                        if (t < safe) v = LOAD(xr + t * d + 8 * c);                        \
-                        else {                                                             \
-                            for (int l = 0; l < 8; ++l)                                    \
-                                row[8 * c + l] = 8 * c + l < d ? (double)xr[t * d + 8 * c + l] : 0; \
-                            v = *(const v8d *)(row + 8 * c);                               \
-                        }                                                                  \
-                        part[c] += (v8d)(((v8di)v & xlanes[c]) | (ybits & ylane[c]));      \
-                    }                                                                      \
+                    for (int c = 0; c < NV; ++c)                                           \
+                        part[c] += POINT(xr, t, d, c, safe, xlanes[c], ybits, ylane[c]);   \
                 }                                                                          \
                 for (int c = 0; c < NV; ++c) sum[c] += part[c];                            \
             }                                                                              \
@@ -341,21 +352,10 @@ static inline v8d load8_f32(const float *p)
                     for (int c = 0; c < NV; ++c) zp[c] = (v8d){0};                         \
                     continue;                                                              \
                 }                                                                          \
-                /* [x_t y_t 0 ...] - means built in registers (a vector load of          \
-                 * scalar stores would stall store forwarding): lanes < d from x,        \
-                 * lane d from y, the rest 0, by bit masks. */                           \
                 const v8di ybits = (v8di)((v8d){0} + (double)yr[t]);                       \
-                v8d zv[NV];                                                                \
-                for (int c = 0; c < NV; ++c) {                                             \
-                    v8d v;                                                                 \
-                    if (t < safe) v = LOAD(xr + t * d + 8 * c);                            \
-                    else {                                                                 \
-                        for (int l = 0; l < 8; ++l)                                        \
-                            row[8 * c + l] = 8 * c + l < d ? (double)xr[t * d + 8 * c + l] : 0; \
-                        v = *(const v8d *)(row + 8 * c);                                   \
-                    }                                                                      \
-                    zv[c] = (v8d)(((v8di)v & xlanes[c]) | (ybits & ylane[c])) - meanv[c];  \
-                }                                                                          \
+                v8d zv[NV]; /* [x_t y_t 0 ...] - means */                                  \
+                for (int c = 0; c < NV; ++c)                                               \
+                    zv[c] = POINT(xr, t, d, c, safe, xlanes[c], ybits, ylane[c]) - meanv[c]; \
                 for (int c = 0; c < NV; ++c) {                                             \
                     zp[c] = zv[c];                                                         \
                     part[c] += zv[c];                                                      \
@@ -384,8 +384,8 @@ static inline v8d load8_f32(const float *p)
     }
 
 #define DEFINE_GRAMS(NV)                                                                   \
-    DEFINE_GRAM(gram_f32_##NV, float, NV, load8_f32)                                       \
-    DEFINE_GRAM(gram_f64_##NV, double, NV, load8_f64)
+    DEFINE_GRAM(gram_f32_##NV, float, NV, point_f32)                                       \
+    DEFINE_GRAM(gram_f64_##NV, double, NV, point_f64)
 DEFINE_GRAMS(1)
 DEFINE_GRAMS(2)
 DEFINE_GRAMS(3)
