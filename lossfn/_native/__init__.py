@@ -47,30 +47,17 @@ Building takes a few seconds, once per machine.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import warnings
-from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ._build import library as _library
 
 __all__ = ["available", "line_sums", "centred_gram", "MAX_COLUMNS"]
 
 #: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in kernels.c).
 MAX_COLUMNS = 64
-
-SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
 
 
 def enabled() -> bool:
@@ -81,170 +68,6 @@ def enabled() -> bool:
 def available() -> bool:
     """True if the kernels are enabled and built (building them now if needed)."""
     return enabled() and _library() is not None
-
-
-def _cache_dirs() -> list:
-    """``(directory, private)`` pairs where the library may be built, in order of preference.
-
-    The user's cache directory, then a private directory (mode 700, checked to
-    be the user's own and closed to others) in the system's temporary
-    directory, for a home that cannot be written (some CI runners, containers).
-    """
-    explicit = os.environ.get("LOSSFN_CACHE_DIR")
-    if explicit:
-        return [(Path(explicit), False)]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user = str(os.getuid()) if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    fallback = (Path(tempfile.gettempdir()) / f"lossfn-{user}", True)
-    # No HOME and no passwd entry leave "~" as it is: a relative path, which
-    # would put the library in whatever directory the process runs in.
-    return [(Path(base) / "lossfn", False), fallback] if os.path.isabs(base) else [fallback]
-
-
-def _usable(directory: Path, private: bool) -> bool:
-    """Create ``directory`` if needed; True if this user owns it and may write it
-    (and, for a ``private`` one in a shared place, nobody else may)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.stat()
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        return False
-    if private and info.st_mode & 0o077:
-        return False
-    return directory.is_dir() and os.access(directory, os.W_OK)
-
-
-def _cpu_identity() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
-def _checksum_path(target: Path) -> Path:
-    return target.with_suffix(".sha256")
-
-
-def _intact(target: Path) -> bool:
-    """True if ``target`` is the library a finished build wrote: its checksum,
-    written after it, matches. A truncated or half-copied file (which would
-    crash the process when loaded, with SIGBUS) never is."""
-    try:
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
-        return _checksum_path(target).read_text(encoding="ascii").strip() == digest
-    except OSError:
-        return False
-
-
-def _replace_with(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically: a temporary file, synced, then renamed."""
-    handle, partial = tempfile.mkstemp(dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def _build(compiler: list, target: Path) -> Optional[str]:
-    """Compile the kernels into ``target`` and its checksum; None on success, else why not.
-
-    Compiled to a temporary name and moved into place whole, the checksum
-    last: processes building at once never load a half-written library.
-    """
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(handle)
-    errors = ""
-    try:
-        for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
-            # $CC's own arguments last, so that they win (CC="cc -march=x86-64-v2")
-            cmd = [compiler[0], *FLAGS, *extra, *compiler[1:], "-o", partial, str(SOURCE)]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
-            except subprocess.TimeoutExpired:
-                return f"{' '.join(cmd)} took over 300 s"
-            library = Path(partial).read_bytes()
-            if done.returncode == 0 and library:
-                _replace_with(target, library)
-                _replace_with(_checksum_path(target), hashlib.sha256(library).hexdigest().encode())
-                return None
-            errors = done.stderr.strip()[-500:] or f"exit code {done.returncode}, no library written"
-        return f"{' '.join(cmd)} failed: {errors}"
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-_BUILDING = threading.Lock()  # threads of one process build once, not each their own
-
-
-@functools.lru_cache(maxsize=None)  # memoizes a pure function of the source and the machine
-def _library() -> Optional[ctypes.CDLL]:
-    with _BUILDING:
-        return _load()
-
-
-def _load() -> Optional[ctypes.CDLL]:
-    wanted = os.environ.get("CC", "cc")
-    words = shlex.split(wanted)  # CC="ccache gcc" or "gcc -std=c11" work too
-    found = shutil.which(words[0]) if words else None
-    if found is None:
-        _unavailable(f"no C compiler found (set CC, or install cc; looked for {wanted!r})")
-        return None
-    compiler = [found, *words[1:]]
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([
-        source, " ".join(compiler).encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
-        sys.platform.encode(),
-    ])).hexdigest()[:20]
-    problems = []
-    for directory, private in _cache_dirs():
-        target = directory / f"kernels-{key}.so"
-        try:
-            if not _usable(directory, private):
-                problems.append(f"{directory} is not a directory that only this user can write")
-                continue
-            if not _intact(target):  # missing, or a build that did not finish: (re)build
-                reason = _build(compiler, target)
-                if reason is not None:  # a compiler that fails will fail in any directory
-                    _unavailable(reason)
-                    return None
-            lib = ctypes.CDLL(str(target))
-            break
-        except OSError as err:
-            problems.append(f"{target}: {err}")
-    else:
-        _unavailable("; ".join(problems))
-        return None
-    lib.lossfn_centred_gram.restype = ctypes.c_int
-    lib.lossfn_centred_gram.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-    ]
-    lib.lossfn_line_sums.restype = None
-    lib.lossfn_line_sums.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    return lib
-
-
-def _unavailable(reason: str) -> None:
-    warnings.warn(
-        f"lossfn: native kernels unavailable ({reason}); fits use the pure-torch path, which "
-        "gives the same results more slowly. Set LOSSFN_NATIVE=0 to silence this.",
-        RuntimeWarning, stacklevel=3,
-    )
 
 
 def _plain(t: Optional[torch.Tensor]) -> bool:
