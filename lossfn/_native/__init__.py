@@ -34,7 +34,7 @@ its pure-torch path, whenever the kernels cannot serve the call exactly:
   ``CC="cc -march=x86-64-v2"``): then a RuntimeWarning says so once per
   process, and everything still works, only slower.
 
-The shared library is built with ``cc -O3 -march=native -fopenmp-simd``
+The shared library is built with ``cc -O3 -march=native``
 (``-march=native`` dropped if the compiler refuses it) into
 ``$LOSSFN_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossfn`` (``~/.cache/lossfn``),
 else a private ``lossfn-<uid>`` in the temporary directory; its name holds a

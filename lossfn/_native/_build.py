@@ -1,6 +1,6 @@
 """Build and load the native kernels' shared library (see :mod:`lossfn._native`).
 
-``cc -O3 -march=native -fopenmp-simd`` compiles ``kernels.c`` on first use
+``cc -O3 -march=native`` compiles ``kernels.c`` on first use
 into a cache directory; the file's name holds a hash of the source, the
 compiler and the CPU, and a checksum written after each build keeps a
 truncated file (which would crash the process that loads it) from ever being
@@ -28,7 +28,7 @@ from typing import Optional
 __all__ = ["library"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
+FLAGS = ["-O3", "-fPIC", "-shared", "-pthread"]
 
 
 def _cache_dirs() -> list:

@@ -13,9 +13,9 @@
  * their squares neither over- nor underflow. Sums are two-level (vector
  * lanes within blocks of BLOCK points, then across blocks), so rounding grows
  * with BLOCK/lanes + m/BLOCK rather than m. Absent points (mask 0) are cleared
- * by a bit mask, not multiplied by 0: nan or inf there is never read.
+ * by a bit mask, not multiplied by 0: nan or inf there is never added.
  *
- * Compiled on first use by lossfn._native (cc -O3 -march=native -fopenmp-simd).
+ * Compiled on first use by lossfn._native._build (cc -O3 -march=native).
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -24,6 +24,45 @@
 
 #define BLOCK 1024
 #define MAX_THREADS 256
+
+/* Vectors of 8 doubles through GCC/Clang vector extensions: the compiler maps
+ * them to AVX-512, AVX2 or SSE as the CPU has them. */
+typedef double v8d __attribute__((vector_size(64), aligned(64)));
+typedef int64_t v8di __attribute__((vector_size(64), aligned(64)));
+typedef double v8du __attribute__((vector_size(64), aligned(8)));
+
+/* 8 consecutive values as doubles (unaligned). */
+static inline v8d load8_f64(const double *p) { return *(const v8du *)p; }
+#ifdef __AVX512F__
+#include <immintrin.h>
+/* One vcvtps2pd: GCC lowers __builtin_convertvector(v8f -> v8d) to two
+ * halves and an insert, which made this load the hot spot of float32 fits. */
+static inline v8d load8_f32(const float *p) { return (v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+#else
+static inline v8d load8_f32(const float *p)
+{
+    v8d v; /* a loop the compiler vectorizes (no __builtin_convertvector: GCC >= 9 only) */
+    for (int l = 0; l < 8; ++l) v[l] = p[l];
+    return v;
+}
+#endif
+
+/* All ones in the 8 lanes whose mask byte is set. */
+static inline v8di kept_lanes(const uint8_t *mask)
+{
+    v8di k;
+    for (int l = 0; l < 8; ++l) k[l] = mask[l] ? -1 : 0;
+    return k;
+}
+
+/* v where the lanes' bits are all ones, +0.0 where they are 0. */
+static inline v8d keep(v8d v, v8di lanes) { return (v8d)((v8di)v & lanes); }
+
+/* The sum of the 8 lanes, as a tree: 3 additions deep, not a chain of 8. */
+static inline double lane_sum(v8d v)
+{
+    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
 
 /* Threads for `rows` datasets: at most `threads`, MAX_THREADS and `rows`, at least 1. */
 static int thread_count(int threads, int64_t rows)
@@ -52,84 +91,97 @@ static int fan_out(void *(*worker)(void *), char *jobs, size_t size, int count)
     return failed;
 }
 
-/* v where the bit mask is all ones, +0.0 where it is 0. */
-static inline double kept(double v, uint64_t bits)
-{
-    uint64_t b;
-    memcpy(&b, &v, sizeof b);
-    b &= bits;
-    memcpy(&v, &b, sizeof v);
-    return v;
-}
+/* The two passes over one row, in blocks of BLOCK points: sums of the present
+ * values (and their count), then of the products of the centred present
+ * values. Vectors of 8 points, two at a time into two sets of sums (so the
+ * additions' latency overlaps), then the last few, loaded without reading
+ * past the row. Absent points and the lanes past the row are cleared by bit
+ * masks, so nan or inf there is never added. */
+#define FIRST_STEP(LOAD, J, S)                                                             \
+    do {                                                                                   \
+        v8d xv = LOAD(xr + (J)), yv = LOAD(yr + (J));                                      \
+        if (mr) {                                                                          \
+            const v8di k = kept_lanes(mr + (J));                                           \
+            xv = keep(xv, k); yv = keep(yv, k); n##S += keep(one, k);                      \
+        }                                                                                  \
+        x##S += xv; y##S += yv;                                                            \
+    } while (0)
+#define SECOND_STEP(LOAD, J, S)                                                            \
+    do {                                                                                   \
+        v8d dx = LOAD(xr + (J)) - cxv, dy = LOAD(yr + (J)) - cyv;                          \
+        if (mr) {                                                                          \
+            const v8di k = kept_lanes(mr + (J));                                           \
+            dx = keep(dx, k); dy = keep(dy, k);                                            \
+        }                                                                                  \
+        a##S += dx; b##S += dy; aa##S += dx * dx; ab##S += dx * dy; bb##S += dy * dy;      \
+    } while (0)
 
-#define DEFINE_LINE_SUMS(NAME, T)                                                          \
+#define DEFINE_LINE_SUMS(NAME, T, LOAD)                                          \
     static void NAME(const T *x, int64_t x_row, const T *y, int64_t y_row,                 \
                      const uint8_t *mask, int64_t mask_row, int64_t r0, int64_t r1,        \
                      int64_t m, double *out)                                               \
     {                                                                                      \
-        uint64_t keep[BLOCK];                                                              \
+        const v8d one = (v8d){0} + 1.0;                                                    \
         for (int64_t r = r0; r < r1; ++r) {                                                \
             const T *xr = x + r * x_row, *yr = y + r * y_row;                              \
             const uint8_t *mr = mask ? mask + r * mask_row : NULL;                         \
-            double n = 0, sx = 0, sy = 0;                                                  \
+            v8d tn = {0}, tx = {0}, ty = {0};                                              \
+            double sn = 0, sx = 0, sy = 0; /* the scalar tails' sums */                    \
             for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {                                    \
-                int64_t len = m - j0 < BLOCK ? m - j0 : BLOCK;                             \
-                const T *xb = xr + j0, *yb = yr + j0;                                      \
-                double bn = 0, bx = 0, by = 0;                                             \
-                if (mr) {                                                                  \
-                    for (int64_t j = 0; j < len; ++j)                                      \
-                        keep[j] = (uint64_t)0 - (uint64_t)(mr[j0 + j] != 0);               \
-                    _Pragma("omp simd reduction(+:bn,bx,by)")                              \
-                    for (int64_t j = 0; j < len; ++j) {                                    \
-                        bn += kept(1.0, keep[j]);                                          \
-                        bx += kept((double)xb[j], keep[j]);                                \
-                        by += kept((double)yb[j], keep[j]);                                \
-                    }                                                                      \
-                } else {                                                                   \
-                    bn = (double)len;                                                      \
-                    _Pragma("omp simd reduction(+:bx,by)")                                 \
-                    for (int64_t j = 0; j < len; ++j) {                                    \
-                        bx += (double)xb[j];                                               \
-                        by += (double)yb[j];                                               \
-                    }                                                                      \
+                const int64_t end = m - j0 < BLOCK ? m : j0 + BLOCK;                       \
+                v8d n0 = {0}, x0 = {0}, y0 = {0}, n1 = {0}, x1 = {0}, y1 = {0};            \
+                v8d n2 = {0}, x2 = {0}, y2 = {0}, n3 = {0}, x3 = {0}, y3 = {0};            \
+                int64_t j = j0;                                                            \
+                for (; j + 32 <= end; j += 32) { /* 4 sets: only 2 sums per set */         \
+                    FIRST_STEP(LOAD, j, 0);                                                \
+                    FIRST_STEP(LOAD, j + 8, 1);                                            \
+                    FIRST_STEP(LOAD, j + 16, 2);                                           \
+                    FIRST_STEP(LOAD, j + 24, 3);                                           \
                 }                                                                          \
-                n += bn; sx += bx; sy += by;                                               \
+                for (; j + 16 <= end; j += 16) {                                           \
+                    FIRST_STEP(LOAD, j, 0);                                                \
+                    FIRST_STEP(LOAD, j + 8, 1);                                            \
+                }                                                                          \
+                if (j + 8 <= end) { FIRST_STEP(LOAD, j, 0); j += 8; }                      \
+                for (; j < end; ++j) /* the last few: scalar */                            \
+                    if (!mr || mr[j]) { sn += 1; sx += (double)xr[j]; sy += (double)yr[j]; } \
+                tn += (n0 + n1) + (n2 + n3); tx += (x0 + x1) + (x2 + x3);                  \
+                ty += (y0 + y1) + (y2 + y3);                                               \
             }                                                                              \
-            const double cx = sx / n, cy = sy / n;                                         \
-            double dxs = 0, dys = 0, xx = 0, xy = 0, yy = 0;                               \
+            const double n = mr ? lane_sum(tn) + sn : (double)m;                           \
+            const double cx = (lane_sum(tx) + sx) / n, cy = (lane_sum(ty) + sy) / n;       \
+            const v8d cxv = (v8d){0} + cx, cyv = (v8d){0} + cy;                            \
+            v8d t1 = {0}, t2 = {0}, t3 = {0}, t4 = {0}, t5 = {0};                          \
+            double s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0;                                 \
             for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {                                    \
-                int64_t len = m - j0 < BLOCK ? m - j0 : BLOCK;                             \
-                const T *xb = xr + j0, *yb = yr + j0;                                      \
-                double b1 = 0, b2 = 0, b3 = 0, b4 = 0, b5 = 0;                             \
-                if (mr) {                                                                  \
-                    for (int64_t j = 0; j < len; ++j)                                      \
-                        keep[j] = (uint64_t)0 - (uint64_t)(mr[j0 + j] != 0);               \
-                    _Pragma("omp simd reduction(+:b1,b2,b3,b4,b5)")                        \
-                    for (int64_t j = 0; j < len; ++j) {                                    \
-                        double dx = kept((double)xb[j] - cx, keep[j]);                     \
-                        double dy = kept((double)yb[j] - cy, keep[j]);                     \
-                        b1 += dx; b2 += dy; b3 += dx * dx; b4 += dx * dy; b5 += dy * dy;   \
-                    }                                                                      \
-                } else {                                                                   \
-                    _Pragma("omp simd reduction(+:b1,b2,b3,b4,b5)")                        \
-                    for (int64_t j = 0; j < len; ++j) {                                    \
-                        double dx = (double)xb[j] - cx, dy = (double)yb[j] - cy;           \
-                        b1 += dx; b2 += dy; b3 += dx * dx; b4 += dx * dy; b5 += dy * dy;   \
-                    }                                                                      \
+                const int64_t end = m - j0 < BLOCK ? m : j0 + BLOCK;                       \
+                v8d a0 = {0}, b0 = {0}, aa0 = {0}, ab0 = {0}, bb0 = {0};                   \
+                v8d a1 = {0}, b1 = {0}, aa1 = {0}, ab1 = {0}, bb1 = {0};                   \
+                int64_t j = j0;                                                            \
+                for (; j + 16 <= end; j += 16) {                                           \
+                    SECOND_STEP(LOAD, j, 0);                                                  \
+                    SECOND_STEP(LOAD, j + 8, 1);                                              \
                 }                                                                          \
-                dxs += b1; dys += b2; xx += b3; xy += b4; yy += b5;                        \
+                if (j + 8 <= end) { SECOND_STEP(LOAD, j, 0); j += 8; }                     \
+                for (; j < end; ++j) /* the last few: scalar */                            \
+                    if (!mr || mr[j]) {                                                    \
+                        const double dx = (double)xr[j] - cx, dy = (double)yr[j] - cy;     \
+                        s1 += dx; s2 += dy; s3 += dx * dx; s4 += dx * dy; s5 += dy * dy;   \
+                    }                                                                      \
+                t1 += a0 + a1; t2 += b0 + b1; t3 += aa0 + aa1; t4 += ab0 + ab1; t5 += bb0 + bb1; \
             }                                                                              \
+            const double dxs = lane_sum(t1) + s1, dys = lane_sum(t2) + s2;                 \
             double *o = out + 5 * r;                                                       \
             o[0] = cx + dxs / n;                                                           \
             o[1] = cy + dys / n;                                                           \
-            o[2] = xx - dxs * dxs / n;                                                     \
-            o[3] = xy - dxs * dys / n;                                                     \
-            o[4] = yy - dys * dys / n;                                                     \
+            o[2] = lane_sum(t3) + s3 - dxs * dxs / n;                                      \
+            o[3] = lane_sum(t4) + s4 - dxs * dys / n;                                      \
+            o[4] = lane_sum(t5) + s5 - dys * dys / n;                                      \
         }                                                                                  \
     }
 
-DEFINE_LINE_SUMS(line_sums_f32, float)
-DEFINE_LINE_SUMS(line_sums_f64, double)
+DEFINE_LINE_SUMS(line_sums_f32, float, load8_f32)
+DEFINE_LINE_SUMS(line_sums_f64, double, load8_f64)
 
 typedef struct {
     int is_double;
@@ -188,8 +240,6 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
 #define KMAX 64
 #define CHUNK 256
 
-typedef double v8d __attribute__((vector_size(64), aligned(64)));
-typedef int64_t v8di __attribute__((vector_size(64), aligned(64)));
 
 /* acc(8 rows x W vectors) += sum over the chunk's points of z[r0 + r] * z[8 c0 + 8 c ...]. */
 #define DEFINE_TILE(NAME, W)                                                               \
@@ -252,26 +302,6 @@ static void chunk_transform(const double *z, int64_t points, int64_t kp, int64_t
         }
 }
 
-typedef double v8du __attribute__((vector_size(64), aligned(8)));
-
-/* The first NV vectors of 8 values of one point's row of x (d values, then
- * whatever follows in memory: the caller overwrites lanes d and up). Rows
- * near the end of a dataset, where 8*NV values would run past it, are copied
- * by the scalar loop instead. */
-static inline v8d load8_f64(const double *p) { return *(const v8du *)p; }
-#ifdef __AVX512F__
-#include <immintrin.h>
-/* One vcvtps2pd: GCC lowers __builtin_convertvector(v8f -> v8d) to two
- * halves and an insert, which made this load the hot spot of float32 fits. */
-static inline v8d load8_f32(const float *p) { return (v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
-#else
-static inline v8d load8_f32(const float *p)
-{
-    v8d v; /* a loop the compiler vectorizes (no __builtin_convertvector: GCC >= 9 only) */
-    for (int l = 0; l < 8; ++l) v[l] = p[l];
-    return v;
-}
-#endif
 
 /* Vector c (8 lanes) of point t's row [x_t y_t 0 ...]: lanes < d from x (one
  * 8-wide load where it stays inside the dataset's m*d values, t < safe;
