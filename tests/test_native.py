@@ -4,6 +4,7 @@ send a call to the torch route, and the loader's cache."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import warnings
@@ -279,32 +280,57 @@ def test_gram_point_counts(m):
     _check_gram(x, y)
 
 
-def test_gram_reads_nothing_past_the_last_point():
-    # The data end right before a page the process may not read: a vector load
-    # past the last point would crash the test instead of passing it.
+@contextlib.contextmanager
+def _before_a_guard_page(count: int, dtype: torch.dtype):
+    """A tensor of ``count`` elements that ends right before a page the process
+    may not read: a load past its last element crashes the test."""
     import ctypes
     import mmap
 
     page = mmap.PAGESIZE
+    size = torch.empty((), dtype=dtype).element_size()
+    assert count * size <= page
     libc = ctypes.CDLL(None)
-    for dtype, size in ((torch.float32, 4), (torch.float64, 8)):
+    region = mmap.mmap(-1, 2 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0  # PROT_NONE
+    try:
+        yield torch.frombuffer(region, dtype=dtype, count=count, offset=page - count * size)
+    finally:
+        libc.mprotect(ctypes.c_void_p(base + page), page, 3)  # read/write again
+        region.close()
+
+
+def test_gram_reads_nothing_past_the_last_point():
+    for dtype in (torch.float32, torch.float64):
         for d in (1, 3, 5, 7, 9, 17):
             m = 11
-            count = m * d
-            region = mmap.mmap(-1, 2 * page)
-            base = ctypes.addressof(ctypes.c_char.from_buffer(region))
-            assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0  # PROT_NONE
-            try:
-                x = torch.frombuffer(region, dtype=dtype, count=count, offset=page - count * size)
-                x.copy_(torch.arange(count, dtype=dtype) % 7)
+            with _before_a_guard_page(m * d, dtype) as x:
+                x.copy_(torch.arange(m * d, dtype=dtype) % 7)
                 x = x.view(1, m, d)
                 y = torch.arange(m, dtype=dtype).view(1, m)
                 _check_gram(x, y)
                 _check_gram(x, y, torch.ones(1, m, dtype=torch.bool))
                 del x
-            finally:
-                libc.mprotect(ctypes.c_void_p(base + page), page, 3)  # read/write again
-                region.close()
+
+
+def test_line_sums_read_nothing_past_the_last_point():
+    # x, y and the mask each end right before a guard page; row lengths around
+    # the kernel's vectors of 8 and its unrolled steps of 16 and 32.
+    gen = torch.Generator().manual_seed(10)
+    for dtype in (torch.float32, torch.float64):
+        for m in (1, 7, 8, 9, 15, 16, 17, 31, 33, 40):
+            values = torch.randn(3, 2, m, generator=gen, dtype=torch.float64).to(dtype)
+            present = torch.rand(2, m, generator=gen) < 0.7
+            with _before_a_guard_page(2 * m, dtype) as x, _before_a_guard_page(2 * m, dtype) as y, \
+                    _before_a_guard_page(2 * m, torch.bool) as mask:
+                x.copy_(values[0].flatten())
+                y.copy_(values[1].flatten())
+                mask.copy_(present.flatten())
+                x, y, mask = x.view(2, m), y.view(2, m), mask.view(2, m)
+                _check(x, y, None, rtol=1e-12)
+                _check(x, y, mask, rtol=1e-12)
+                del x, y, mask
 
 
 def test_gram_broadcast_rows_threads_and_routing():
