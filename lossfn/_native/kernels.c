@@ -159,8 +159,8 @@ static int fan_out(void *(*worker)(void *), char *jobs, size_t size, int count)
                 v8d a1 = {0}, b1 = {0}, aa1 = {0}, ab1 = {0}, bb1 = {0};                   \
                 int64_t j = j0;                                                            \
                 for (; j + 16 <= end; j += 16) {                                           \
-                    SECOND_STEP(LOAD, j, 0);                                                  \
-                    SECOND_STEP(LOAD, j + 8, 1);                                              \
+                    SECOND_STEP(LOAD, j, 0);                                               \
+                    SECOND_STEP(LOAD, j + 8, 1);                                           \
                 }                                                                          \
                 if (j + 8 <= end) { SECOND_STEP(LOAD, j, 0); j += 8; }                     \
                 for (; j < end; ++j) /* the last few: scalar */                            \
