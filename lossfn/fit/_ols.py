@@ -79,13 +79,13 @@ def ols(
     matrices (:mod:`lossfn.fit._solve`), which reaches QR accuracy on the NIST
     StRD problems (Filip included) and never truncates the rank silently.
     float32 works at any scale of the data, not only where its squares fit in
-    float32 (about 1e-19 to 1e19): one predictor with an intercept is summed
-    in float64 by the native kernel on the CPU (:mod:`lossfn.fit`, "Speed"),
-    and elsewhere
-    brought, with the response, to power-of-two units of their size (exact);
-    several predictors get their Gram matrices in float64 on the CPU, and on
-    accelerators in float32 with every column in a power-of-two unit. ``sigma2`` alone can then round to 0
-    or inf, where its own value lies outside float32's range.
+    float32 (about 1e-19 to 1e19): one predictor with an intercept is summed in
+    float64 by the native kernel on the CPU (:mod:`lossfn.fit`, "Speed"), and
+    elsewhere brought, with the response, to power-of-two units of their size
+    (exact); several predictors get their Gram matrices in float64 on the CPU,
+    and on accelerators in float32 with every column in a power-of-two unit.
+    ``sigma2`` alone can then round to 0 or inf, where its own value lies
+    outside float32's range.
     Degenerate datasets give nan fields and ``ok=False``; they never raise and
     never touch the other datasets. Runs under ``torch.func.vmap`` and
     autograd; dtype and device follow the inputs.
