@@ -17,6 +17,7 @@
  *
  * Compiled on first use by lossfn._native._build (cc -O3 -march=native).
  */
+#include <float.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -116,6 +117,26 @@ static int fan_out(void *(*worker)(void *), char *jobs, size_t size, int count)
         a##S += dx; b##S += dy; aa##S += dx * dx; ab##S += dx * dy; bb##S += dy * dy;      \
     } while (0)
 
+/* If the present y of a row (at least one) are all one value: mean_y = that
+ * value, Sxy = Syy = 0 (out as line_sums writes it). nan never compares equal. */
+#define DEFINE_CONSTANT_RESPONSE(NAME, T)                                                  \
+    static void NAME(const T *yr, const uint8_t *mr, int64_t m, double *o)                 \
+    {                                                                                      \
+        int64_t first = 0;                                                                 \
+        while (first < m && mr && !mr[first]) ++first;                                     \
+        if (first == m) return;                                                            \
+        const T value = yr[first];                                                         \
+        for (int64_t j = first; j < m; ++j)                                                \
+            if ((!mr || mr[j]) && !(yr[j] == value)) return;                               \
+        o[1] = (double)value;                                                              \
+        o[3] = 0;                                                                          \
+        o[4] = 0;                                                                          \
+    }
+DEFINE_CONSTANT_RESPONSE(constant_response_f32, float)
+DEFINE_CONSTANT_RESPONSE(constant_response_f64, double)
+#define constant_response(yr, mr, m, o)                                                    \
+    _Generic((yr), const float *: constant_response_f32, const double *: constant_response_f64)(yr, mr, m, o)
+
 #define DEFINE_LINE_SUMS(NAME, T, LOAD)                                          \
     static void NAME(const T *x, int64_t x_row, const T *y, int64_t y_row,                 \
                      const uint8_t *mask, int64_t mask_row, int64_t r0, int64_t r1,        \
@@ -177,6 +198,12 @@ static int fan_out(void *(*worker)(void *), char *jobs, size_t size, int count)
             o[2] = lane_sum(t3) + s3 - dxs * dxs / n;                                      \
             o[3] = lane_sum(t4) + s4 - dxs * dys / n;                                      \
             o[4] = lane_sum(t5) + s5 - dys * dys / n;                                      \
+            /* A response at rounding level around its mean may be constant: then   \
+             * its mean is that value and Syy = Sxy = 0 exactly (slope 0, r2 nan),   \
+             * not the rounding of its first-pass mean. Checked point by point, and  \
+             * only for such rows, so it costs the others nothing. */               \
+            if (!(o[4] > 16 * DBL_EPSILON * DBL_EPSILON * n * (cy * cy + 1e-300)))       \
+                constant_response(yr, mr, m, o);                                           \
         }                                                                                  \
     }
 

@@ -222,13 +222,28 @@ def _line_sums(y, x, present, n):
     # vecdot, not vector_norm(...)², for Σdx²: the slope feeds α = ȳ − β·x̄,
     # which magnifies its last-ulp errors (Norris loses a digit with the norm).
     sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
-            torch.linalg.vector_norm(dy, dim=-1))
+            torch.linalg.vector_norm(dy, dim=-1)) + _constant(y, present)
     if x.dtype == torch.float64:
         return sums
     # float32: the first-pass mean is off by about eps·|x̄|, which is not small
     # next to the spread when the offset is large (x ≈ 1e4 + U(0, 1)); the
     # sums Σ(x − c) measure that error so that it can be removed.
     return sums + (dx.sum(-1), dy.sum(-1), units[0], units[1])
+
+
+def _constant(v: torch.Tensor, present: Optional[torch.Tensor]):
+    """``(constant, value)`` per row: True where the present values (at least
+    one) are all one value, which is then ``value``; nan never is.
+
+    A constant response centred on its first-pass mean leaves that mean's
+    rounding in every point: Σdy² and Σdx·dy come out at rounding level
+    instead of 0 (slope 1e-17 and r2 = 1 once, or a false "unit missed").
+    """
+    if v.shape[-1] == 0:  # a rule on the shape: amax has no identity on empty rows
+        return torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device), v.sum(-1)
+    high = (v if present is None else torch.where(present, v, -torch.inf)).amax(-1)
+    low = (v if present is None else torch.where(present, v, torch.inf)).amin(-1)
+    return high == low, high
 
 
 def _in_units(v: torch.Tensor, unit: Optional[torch.Tensor]) -> torch.Tensor:
@@ -254,7 +269,8 @@ def moments(data: Data) -> Moments:
     if native is not None:
         return _native_moments(*native, n)
     scale_x = scale_y = None
-    cx, cy, sxx, sxy, norm_dy, *shift = in_blocks(_line_sums, data.y, data.x, data.present, n)
+    cx, cy, sxx, sxy, norm_dy, constant, value, *shift = in_blocks(
+        _line_sums, data.y, data.x, data.present, n)
     syy = norm_dy.square()
     if shift:
         sum_dx, sum_dy, scale_x, scale_y = shift
@@ -262,6 +278,11 @@ def moments(data: Data) -> Moments:
         sxy = sxy - sum_dx * sum_dy / n
         syy = syy - sum_dy * sum_dy / n
         cx, cy = cx + _in_units(sum_dx / n, scale_x), cy + _in_units(sum_dy / n, scale_y)
+    # A constant response: its mean exactly, Syy = Sxy = 0 (slope 0, r2 nan),
+    # as the native kernel gives it.
+    zero = torch.zeros_like(syy)
+    cy = torch.where(constant, value, cy)
+    syy, sxy = torch.where(constant, zero, syy), torch.where(constant, zero, sxy)
     if scale_x is not None:
         # Σdy² that underflowed to 0 next to a nonzero Σdx·dy (impossible by
         # Cauchy–Schwarz) is a unit that missed the data's size: nan, not ok.

@@ -644,14 +644,28 @@ def test_float32_coefficients_outside_the_range_are_not_ok(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("value", [0.0, 3.0, 0.1])
-def test_simple_fit_of_a_constant_response_is_ok(dtype, value):
+@pytest.mark.parametrize("value", [0.0, 3.0, 0.1, 1.7272787, 11.123665587344508])
+@pytest.mark.parametrize("m", [9, 10, 100, 1000])
+def test_simple_fit_of_a_constant_response_is_ok(dtype, value, m):
     # ρ = 0/0 there: the range check once read it as a lost slope (ok=False).
-    x = torch.arange(10, dtype=dtype)
-    y = torch.full((10,), value, dtype=dtype)
-    for res in (fit.ols(x, y), fit.ols(x, y, mask=torch.ones(10, dtype=torch.bool))):
-        assert res.ok and res.slope.item() == 0 and res.intercept.item() == pytest.approx(value)
+    # On the torch route the first-pass mean's rounding once left Σdy² and
+    # Σdx·dy at rounding level: slope nan and ok=False (float32, m = 100), or
+    # a slope of 1e-17 with r2 = 1 (m = 1000). Exact: slope 0, r2 = 0/0.
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.full((m,), value, dtype=dtype)
+    mask = torch.ones(m, dtype=torch.bool)
+    mask[0] = False
+    y_absent = y.clone()
+    y_absent[0] = torch.nan  # absent: never read
+    for res in (fit.ols(x, y), fit.ols(x, y_absent, mask=mask)):
+        assert res.ok and res.slope.item() == 0 and res.intercept.item() == y[1].item()
         assert torch.isnan(res.r2)  # 0/0, documented
+        assert res.sigma2.item() == 0 and res.stderr[1].item() == 0
+    # a nan among the present points is not a constant response
+    y_nan = y.clone()
+    y_nan[-1] = torch.nan
+    assert not fit.ols(x, y_nan).ok
 
 
 def test_float32_columns_near_the_top_of_the_range(monkeypatch):
