@@ -4,11 +4,12 @@ Two things make closed-form fits inaccurate, and both are handled here:
 
 * Offsets. ``Σx² − n·x̄²`` loses every digit that the offset ``x̄`` shares with
   the data (``x ≈ 1e4 + U(0, 1)`` in float32 has none left). The data are
-  centred on a first-pass mean ``c`` instead. In float32 the moments are the
+  centred on a first-pass mean ``c`` instead, and the moments are the
   shifted sums ``Σ(x − c)² − (Σ(x − c))²/n``: the correction is tiny, so
   nothing cancels, and the result is the exact-mean value to working
-  precision. In float64 the first-pass mean is already that good next to any
-  spread the data can resolve, and the correction sums are skipped.
+  precision. (The several-predictor solver of :mod:`lossfn.fit._solve` has
+  its own centring.) On the CPU the native kernel of :mod:`lossfn._native`
+  computes the same sums for one predictor.
 * Absent points. Masked-out entries are replaced by zeros with ``torch.where``
   before any arithmetic, so nan or 1e30 there cannot leak into a sum
   (multiplying by a 0/1 weight would not do: ``0 · nan`` is nan).
@@ -221,14 +222,13 @@ def _line_sums(y, x, present, n):
         dy.mul_(units[1].unsqueeze(-1))
     # vecdot, not vector_norm(...)², for Σdx²: the slope feeds α = ȳ − β·x̄,
     # which magnifies its last-ulp errors (Norris loses a digit with the norm).
-    sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
-            torch.linalg.vector_norm(dy, dim=-1)) + _constant(y, present)
-    if x.dtype == torch.float64:
-        return sums
-    # float32: the first-pass mean is off by about eps·|x̄|, which is not small
-    # next to the spread when the offset is large (x ≈ 1e4 + U(0, 1)); the
+    # The first-pass mean is off by about eps·|x̄|, which is not small next to
+    # the spread when the offset is large (x ≈ 1e4 + U(0, 1) in float32; a
+    # float64 y that varies by an ulp once gave σ̂² n times too large): the
     # sums Σ(x − c) measure that error so that it can be removed.
-    return sums + (dx.sum(-1), dy.sum(-1), units[0], units[1])
+    sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
+            torch.linalg.vector_norm(dy, dim=-1)) + _constant(y, present) + (dx.sum(-1), dy.sum(-1))
+    return sums if size_x is None else sums + (units[0], units[1])
 
 
 def _constant(v: torch.Tensor, present: Optional[torch.Tensor]):
@@ -268,16 +268,13 @@ def moments(data: Data) -> Moments:
     native = line_sums(data.x, data.y, data.present)
     if native is not None:
         return _native_moments(*native, n)
-    scale_x = scale_y = None
-    cx, cy, sxx, sxy, norm_dy, constant, value, *shift = in_blocks(
+    cx, cy, sxx, sxy, norm_dy, constant, value, sum_dx, sum_dy, *units = in_blocks(
         _line_sums, data.y, data.x, data.present, n)
-    syy = norm_dy.square()
-    if shift:
-        sum_dx, sum_dy, scale_x, scale_y = shift
-        sxx = sxx - sum_dx * sum_dx / n
-        sxy = sxy - sum_dx * sum_dy / n
-        syy = syy - sum_dy * sum_dy / n
-        cx, cy = cx + _in_units(sum_dx / n, scale_x), cy + _in_units(sum_dy / n, scale_y)
+    scale_x, scale_y = units if units else (None, None)  # float32's power-of-two units
+    sxx = sxx - sum_dx * sum_dx / n
+    sxy = sxy - sum_dx * sum_dy / n
+    syy = norm_dy.square() - sum_dy * sum_dy / n
+    cx, cy = cx + _in_units(sum_dx / n, scale_x), cy + _in_units(sum_dy / n, scale_y)
     # A constant response: its mean exactly, Syy = Sxy = 0 (slope 0, r2 nan),
     # as the native kernel gives it.
     zero = torch.zeros_like(syy)

@@ -877,3 +877,27 @@ def test_each_route_is_the_one_it_says(monkeypatch, route):
         assert len(served) == 4 and all(s is not None for s in served)
     else:  # every call declined (the second pass is never asked for)
         assert len(served) == 3 and all(s is None for s in served)
+
+
+def test_float64_response_that_varies_by_one_ulp():
+    # The torch route's float64 path once skipped the shifted-sum correction:
+    # with y's spread at its mean's rounding level, σ̂² came out ~n times too
+    # large (3.2e-30 against 3.1e-33). Oracle: exact rational arithmetic.
+    from fractions import Fraction
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, generator=gen, dtype=torch.float64)
+    y = torch.full((1000,), 11.123665587344508, dtype=torch.float64)
+    y[0] = torch.nextafter(y[0], torch.tensor(99.0, dtype=torch.float64))
+    xs = [Fraction(v) for v in x.tolist()]
+    ys = [Fraction(v) for v in y.tolist()]
+    mx, my = sum(xs) / 1000, sum(ys) / 1000
+    sxx = sum((a - mx) ** 2 for a in xs)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(xs, ys))
+    syy = sum((b - my) ** 2 for b in ys)
+    ssr = syy - sxy * sxy / sxx
+    res = fit.ols(x, y)
+    assert res.ok
+    assert res.slope.item() == pytest.approx(float(sxy / sxx), rel=1e-9)
+    assert res.sigma2.item() == pytest.approx(float(ssr / 1000), rel=1e-6)
+    assert res.r2.item() == pytest.approx(float(1 - ssr / syy), rel=1e-6)
