@@ -27,7 +27,7 @@ import torch
 
 from .._checks import check_regression_data
 from .._native import line_sums
-from .._units import largest_abs, power_of_two_scale
+from .._units import power_of_two_scale
 
 __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments", "in_blocks",
            "packed_symmetric_index"]
@@ -174,7 +174,7 @@ def _flat_views(arrays: tuple, dims: int) -> Optional[tuple]:
 SCALE_SAMPLES = 4
 
 
-def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor, full: bool = False):
+def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor):
     """``(c, v − c, size)``: the first-pass mean ``c``, the centred data (0 at
     absent points) and, for float32, a size for their unit (None for float64).
 
@@ -201,11 +201,6 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor, 
         centred = torch.addcmul(v, present.to(v.dtype), centre.unsqueeze(-1), value=-1)
     if v.dtype != torch.float32:
         return centre, centred, None
-    if full:
-        # The response: a unit that misses it can leave every square and every
-        # product dx·dy 0 (mean 0, first points 0 or absent, |y| < 2^-75), which
-        # reads as a constant y (slope 0, ok). Its largest value, in cache now.
-        return centre, centred, largest_abs(v, -1)
     # The first points are in cache now, after the sum; absent ones count as 0.
     return centre, centred, torch.maximum(v[..., :SCALE_SAMPLES].abs().sum(-1), centre.abs())
 
@@ -213,8 +208,15 @@ def _centred(v: torch.Tensor, present: Optional[torch.Tensor], n: torch.Tensor, 
 def _line_sums(y, x, present, n):
     """Per-dataset sums of one block; everything after them is O(datasets) algebra."""
     cx, dx, size_x = _centred(x, present, n)
-    cy, dy, size_y = _centred(y, present, n, full=True)
+    cy, dy, _ = _centred(y, present, n)
+    constant, high, low = _extremes(y, present)
     if size_x is not None:
+        # The response's unit from its largest value (from the extremes, no
+        # pass of its own): a unit that misses it can leave every square and
+        # every product dx·dy 0 (mean 0, first points 0 or absent, |y| <
+        # 2^-75), which reads as a constant y (slope 0, ok). A row without
+        # points has infinite extremes, and power_of_two_scale gives it 1.
+        size_y = torch.maximum(high.abs(), low.abs())
         # Both units in one go; multiplying by a power of two is exact, so the
         # centred values round as unscaled ones would.
         units = power_of_two_scale(torch.stack([size_x, size_y]))
@@ -227,23 +229,25 @@ def _line_sums(y, x, present, n):
     # float64 y that varies by an ulp once gave σ̂² n times too large): the
     # sums Σ(x − c) measure that error so that it can be removed.
     sums = (cx, cy, torch.linalg.vecdot(dx, dx), torch.linalg.vecdot(dx, dy),
-            torch.linalg.vector_norm(dy, dim=-1)) + _constant(y, present) + (dx.sum(-1), dy.sum(-1))
+            torch.linalg.vector_norm(dy, dim=-1), constant, high, dx.sum(-1), dy.sum(-1))
     return sums if size_x is None else sums + (units[0], units[1])
 
 
-def _constant(v: torch.Tensor, present: Optional[torch.Tensor]):
-    """``(constant, value)`` per row: True where the present values (at least
-    one) are all one value, which is then ``value``; nan never is.
+def _extremes(v: torch.Tensor, present: Optional[torch.Tensor]):
+    """``(constant, high, low)`` per row: the largest and smallest present values
+    (−inf and inf without any), and True where they are equal: all the present
+    values are one value, ``high``. nan never is.
 
     A constant response centred on its first-pass mean leaves that mean's
     rounding in every point: Σdy² and Σdx·dy come out at rounding level
     instead of 0 (slope 1e-17 and r2 = 1 once, or a false "unit missed").
     """
     if v.shape[-1] == 0:  # a rule on the shape: amax has no identity on empty rows
-        return torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device), v.sum(-1)
+        empty = v.sum(-1)
+        return torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device), empty - torch.inf, empty + torch.inf
     high = (v if present is None else torch.where(present, v, -torch.inf)).amax(-1)
     low = (v if present is None else torch.where(present, v, torch.inf)).amin(-1)
-    return high == low, high
+    return high == low, high, low
 
 
 def _in_units(v: torch.Tensor, unit: Optional[torch.Tensor]) -> torch.Tensor:
