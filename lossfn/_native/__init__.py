@@ -54,10 +54,13 @@ import torch
 
 from ._build import library as _library
 
-__all__ = ["available", "line_sums", "centred_gram", "MAX_COLUMNS"]
+__all__ = ["available", "line_sums", "centred_gram", "huber", "MAX_COLUMNS", "MAX_COEFFICIENTS"]
 
 #: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in kernels.c).
 MAX_COLUMNS = 64
+
+#: Most coefficients (intercept included) that :func:`huber` takes (``HUBER_PMAX`` in huber.c).
+MAX_COEFFICIENTS = 64
 
 
 def enabled() -> bool:
@@ -191,3 +194,65 @@ def centred_gram(
     if status != 0:  # out of scratch memory
         return None
     return means.view(batch + (k,)), out.view(batch + (k, k))
+
+
+def huber(
+    design: torch.Tensor,
+    response: torch.Tensor,
+    weight: torch.Tensor,
+    delta: torch.Tensor,
+    scale: Optional[torch.Tensor],
+    *,
+    max_iter: int,
+    tol: float,
+):
+    """Huber regression of standardized datasets, one at a time in cache, or None.
+
+    The iteration of :func:`lossfn.fit.huber` (``huber.c``) on the problem that
+    :func:`lossfn.fit._prepare.standardize` makes: ``design`` (..., m, p),
+    ``response`` and ``weight`` (..., m), absent points' rows zero and weight
+    0; ``delta`` and ``scale`` broadcast to the batch shape (...), ``scale``
+    None to estimate it by the MAD rule, else in the response's standardized
+    units. Returns ``(beta (..., p), scale, iterations, converged, full_rank)``
+    with float64 and int64/bool tensors; ``full_rank`` is the rule of
+    :func:`lossfn.fit._prepare.independent_rows` in the design's dtype's eps.
+    None where the kernels cannot serve the call (see the module) or ``p``
+    exceeds :data:`MAX_COEFFICIENTS`.
+    """
+    m, p = design.shape[-2], design.shape[-1]
+    if design.dtype not in (torch.float32, torch.float64) or m == 0 or not 1 <= p <= MAX_COEFFICIENTS:
+        return None
+    if not _eligible(design, response, weight, delta, scale):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    batch = response.shape[:-1]
+    cpu64 = {"dtype": torch.float64, "device": "cpu"}  # not the default device
+    x = design.to(**cpu64).reshape(-1, m, p).contiguous()
+    y = response.to(**cpu64).reshape(-1, m).contiguous()
+    w = weight.to(**cpu64).reshape(-1, m).contiguous()
+    rows = y.shape[0]
+
+    def per_dataset(value: torch.Tensor) -> torch.Tensor:
+        return value.to(**cpu64).expand(batch).reshape(rows).contiguous()
+
+    delta = per_dataset(delta)
+    scale = None if scale is None else per_dataset(scale)
+    beta, s = torch.empty(rows, p, **cpu64), torch.empty(rows, **cpu64)
+    iterations = torch.empty(rows, dtype=torch.int64)
+    converged, full_rank = torch.empty(rows, dtype=torch.bool), torch.empty(rows, dtype=torch.bool)
+    info = torch.finfo(design.dtype)
+    # A dataset of 200 points and 2 coefficients takes ~10 µs: threads only for
+    # batches that keep each busy well past the cost of starting it.
+    threads = max(1, min(torch.get_num_threads(), rows * m * p // (1 << 15)))
+    status = lib.lossfn_huber(
+        x.data_ptr(), y.data_ptr(), w.data_ptr(), delta.data_ptr(),
+        None if scale is None else scale.data_ptr(), rows, m, p, max_iter, tol, info.eps, info.tiny,
+        beta.data_ptr(), s.data_ptr(), iterations.data_ptr(), converged.data_ptr(),
+        full_rank.data_ptr(), threads,
+    )
+    if status != 0:  # out of scratch memory
+        return None
+    return (beta.view(batch + (p,)), s.view(batch), iterations.view(batch),
+            converged.view(batch), full_rank.view(batch))

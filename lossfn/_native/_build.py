@@ -1,6 +1,6 @@
 """Build and load the native kernels' shared library (see :mod:`lossfn._native`).
 
-``cc -O3 -march=native`` compiles ``kernels.c`` on first use
+``cc -O3 -march=native`` compiles ``kernels.c`` and ``huber.c`` on first use
 into a cache directory; the file's name holds a hash of the source, the
 compiler and the CPU, and a checksum written after each build keeps a
 truncated file (which would crash the process that loads it) from ever being
@@ -27,7 +27,10 @@ from typing import Optional
 
 __all__ = ["library"]
 
-SOURCE = Path(__file__).with_name("kernels.c")
+HERE = Path(__file__).parent
+#: The C sources compiled into the library, then the header they share.
+SOURCES = [HERE / "kernels.c", HERE / "huber.c"]
+HEADERS = [HERE / "common.h"]
 FLAGS = ["-O3", "-fPIC", "-shared", "-pthread"]
 
 
@@ -114,7 +117,7 @@ def _build(compiler: list, target: Path) -> Optional[str]:
     try:
         for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
             # $CC's own arguments last, so that they win (CC="cc -march=x86-64-v2")
-            cmd = [compiler[0], *FLAGS, *extra, *compiler[1:], "-o", partial, str(SOURCE)]
+            cmd = [compiler[0], *FLAGS, *extra, *compiler[1:], "-o", partial, *map(str, SOURCES)]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
             except subprocess.TimeoutExpired:
@@ -149,7 +152,7 @@ def _load() -> Optional[ctypes.CDLL]:
         _unavailable(f"no C compiler found (set CC, or install cc; looked for {wanted!r})")
         return None
     compiler = [found, *words[1:]]
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in SOURCES + HEADERS)
     key = hashlib.sha256(b"\0".join([
         source, " ".join(compiler).encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
         sys.platform.encode(),
@@ -178,6 +181,13 @@ def _load() -> Optional[ctypes.CDLL]:
         ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+    ]
+    lib.lossfn_huber.restype = ctypes.c_int
+    lib.lossfn_huber.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double,
+        ctypes.c_double, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
     ]
     lib.lossfn_line_sums.restype = None
     lib.lossfn_line_sums.argtypes = [

@@ -46,6 +46,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from einops import rearrange
 
+from .. import _native
 from .._checks import check_fit_options
 from ..location import MAD_TO_SIGMA
 from ._prepare import (
@@ -217,9 +218,39 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         max_iter = 20 if scale is None else 10
     batch = yy.shape[:-1]
     delta_t = torch.as_tensor(delta, dtype=X.dtype, device=X.device).expand(batch)
-    _, full_rank = independent_rows(X, w, torch.zeros_like(w))
+    if scale is not None:
+        scale = torch.as_tensor(scale, dtype=X.dtype, device=X.device).expand(batch) / std.y_scale
+    native = _native.huber(X, yy, w, delta_t, scale, max_iter=max_iter, tol=tol)
+    if native is None:
+        _, full_rank = independent_rows(X, w, torch.zeros_like(w))
+        beta, s, iterations, done = _iterate(X, yy, w, mask is not None, delta_t, scale,
+                                             intercept=intercept, max_iter=max_iter, tol=tol)
+    else:  # the same iteration, dataset by dataset in C (lossfn/_native/huber.c)
+        beta, s, iterations, done, full_rank = native
+        beta, s = beta.to(X.dtype), s.to(X.dtype)
     full_rank = full_rank & std.informative
-    present = None if mask is None else w > 0
+
+    icpt, slope = unstandardize(beta, std, intercept, simple)
+    s = s * std.y_scale
+    # A tensor δ ≤ 0 (a float one raises in huber) is outside the domain: no fit.
+    usable = full_rank & (delta_t > 0)
+    icpt, slope, s = blank_where(~usable, icpt, slope, s)
+    # A scale within rounding of 0 means more than half the points lie on the
+    # fit (RLM warns and stops there); the estimate is then not meaningful.
+    floor = 1000 * eps * std.y_scale if scale is None else 0.0
+    ok = usable & done & (s > floor) & representable(beta, icpt, slope, simple)
+    return HuberFit(icpt, slope, s, iterations, done, ok)
+
+
+def _iterate(X, yy, w, masked, delta_t, scale, *, intercept, max_iter, tol):
+    """The iteration of :func:`huber` in torch, on the standardized problem.
+
+    ``scale`` is None (estimate it) or in the response's standardized units.
+    Returns ``(beta, s, iterations, converged)``.
+    """
+    eps = torch.finfo(X.dtype).eps
+    batch = yy.shape[:-1]
+    present = w > 0 if masked else None
 
     def estimate_scale(pair: MiddlePair) -> torch.Tensor:
         return (0.5 * pair.lower + 0.5 * pair.upper) / MAD_TO_SIGMA
@@ -236,11 +267,10 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         s = estimate_scale(pair)
         ranks = middle_ranks(present, a)
     else:
-        s = torch.as_tensor(scale, dtype=X.dtype, device=X.device).expand(batch)
-        s = s / std.y_scale
+        s = scale
 
-    done = torch.zeros_like(full_rank)
-    settled = torch.zeros_like(full_rank, dtype=torch.long)  # steps begun already converged
+    done = torch.zeros(batch, dtype=torch.bool, device=X.device)
+    settled = torch.zeros_like(done, dtype=torch.long)  # steps begun already converged
     tiny = torch.finfo(X.dtype).tiny
     zero = X.new_zeros(())
     if scale is None:
@@ -316,14 +346,4 @@ def _huber(x, y, *, mask, delta, scale, intercept, max_iter, tol):
         settled = settled + done
         done = done | small
 
-    iterations = max_iter - settled
-    icpt, slope = unstandardize(beta, std, intercept, simple)
-    s = s * std.y_scale
-    # A tensor δ ≤ 0 (a float one raises in huber) is outside the domain: no fit.
-    usable = full_rank & (delta_t > 0)
-    icpt, slope, s = blank_where(~usable, icpt, slope, s)
-    # A scale within rounding of 0 means more than half the points lie on the
-    # fit (RLM warns and stops there); the estimate is then not meaningful.
-    floor = 1000 * eps * std.y_scale if scale is None else 0.0
-    ok = usable & done & (s > floor) & representable(beta, icpt, slope, simple)
-    return HuberFit(icpt, slope, s, iterations, done, ok)
+    return beta, s, max_iter - settled, done

@@ -1,0 +1,533 @@
+/* huber: Huber M-estimation of a linear regression, one dataset at a time
+ * while it is in cache. The estimator and its iteration are those of
+ * lossfn/fit/_huber.py (see its docstring); this is the same algorithm with
+ * the torch route's data-independent control flow replaced by per-dataset
+ * loops, which is what makes it fast:
+ *   - a dataset stops as soon as it has converged (torch runs every dataset
+ *     for max_iter steps);
+ *   - the median of |r| is a selection over the dataset's own n values at
+ *     every step (torch tracks it between full selections over the batch);
+ *   - the two candidate steps' Gram matrices share one pass: the Newton step
+ *     weighs the inliers (|r| <= c) by 1, IRLS weighs them by 1 and the
+ *     outliers by c/|r|, so G_newton = G_in and G_irls = G_in + G_out.
+ * The fixed point is the same; the path differs from the torch route's only
+ * by rounding (and by the scale never being held for an untracked median).
+ *
+ * Input is the standardized problem of lossfn.fit._prepare.standardize,
+ * in double: design (rows, m, p) with absent points' rows and responses 0,
+ * response (rows, m), weight (rows, m) 1.0 for present points, 0.0 for
+ * absent ones. Per dataset the design is copied feature-major into scratch,
+ * padded to a multiple of 8 points with zeros (whose residual is 0 at every
+ * beta, so they add nothing to any sum), and every pass runs over vectors of
+ * 8 points.
+ */
+#include <math.h>
+
+#include "common.h"
+
+#define MAD_TO_SIGMA 0.6744897501960817 /* Phi^-1(3/4), lossfn.location.MAD_TO_SIGMA */
+#define HUBER_PMAX 64                   /* most coefficients: scratch sized for it */
+
+static inline v8d vabs(v8d v)
+{
+    return (v8d)((v8di)v & ((v8di){0} + INT64_MAX));
+}
+
+/* Lanes of a where mask is all ones, of b where it is 0. */
+static inline v8d blend(v8di mask, v8d a, v8d b)
+{
+    return (v8d)((mask & (v8di)a) | (~mask & (v8di)b));
+}
+
+/* One dataset's scratch: the feature-major design and the per-point vectors,
+ * all `mp` (points rounded up to 8) doubles long and 64-byte aligned. */
+typedef struct {
+    int64_t m, mp, p;
+    double *xt;      /* p x mp */
+    double *y, *present, *r, *trial, *inlier, *outlier, *psi, *norm2, *projected;
+    double *sorted, *window, *spare; /* the present |r|, split and permuted by the selection */
+    double gram[2][HUBER_PMAX * HUBER_PMAX], factor[HUBER_PMAX * HUBER_PMAX];
+} workspace;
+
+/* r = y - X beta for all mp points. */
+static void residuals(const workspace *w, const double *beta, double *r)
+{
+    for (int64_t i = 0; i < w->mp; i += 8) {
+        v8d acc = *(const v8d *)(w->y + i);
+        for (int64_t j = 0; j < w->p; ++j) acc -= beta[j] * *(const v8d *)(w->xt + j * w->mp + i);
+        *(v8d *)(r + i) = acc;
+    }
+}
+
+/* sum_i rho_c(r_i) with rho_c(a) = min(a, c) * (a - min(a, c)/2): the Huber
+ * objective at scale 1 and threshold c. nan in r gives nan (never the lower):
+ * min picks c there, and c * (nan - c/2) is nan. */
+static double objective(const workspace *w, const double *r, double c)
+{
+    const v8d cv = (v8d){0} + c;
+    v8d acc0 = {0}, acc1 = {0};
+    for (int64_t i = 0; i < w->mp; i += 16) {
+        const v8d a0 = vabs(*(const v8d *)(r + i));
+        const v8d in0 = blend(a0 < cv, a0, cv);
+        acc0 += in0 * (a0 - 0.5 * in0);
+        if (i + 8 < w->mp) {
+            const v8d a1 = vabs(*(const v8d *)(r + i + 8));
+            const v8d in1 = blend(a1 < cv, a1, cv);
+            acc1 += in1 * (a1 - 0.5 * in1);
+        }
+    }
+    return lane_sum(acc0 + acc1);
+}
+
+/* sum_i u_i x_ij x_ik and sum_i v_i x_ij x_ik into gu and gv (p x p, both
+ * triangles), for two weight vectors u, v in one pass over each pair. */
+static void weighted_grams(const workspace *w, const double *u, const double *v, double *gu, double *gv)
+{
+    const int64_t p = w->p, mp = w->mp;
+    for (int64_t j = 0; j < p; ++j)
+        for (int64_t k = j; k < p; ++k) {
+            const double *xj = w->xt + j * mp, *xk = w->xt + k * mp;
+            v8d su = {0}, sv = {0};
+            for (int64_t i = 0; i < mp; i += 8) {
+                const v8d product = *(const v8d *)(xj + i) * *(const v8d *)(xk + i);
+                su += *(const v8d *)(u + i) * product;
+                sv += *(const v8d *)(v + i) * product;
+            }
+            gu[j * p + k] = gu[k * p + j] = lane_sum(su);
+            gv[j * p + k] = gv[k * p + j] = lane_sum(sv);
+        }
+}
+
+/* sum_i u_i x_ij into b (p). */
+static void project(const workspace *w, const double *u, double *b)
+{
+    for (int64_t j = 0; j < w->p; ++j) {
+        const double *xj = w->xt + j * w->mp;
+        v8d acc = {0};
+        for (int64_t i = 0; i < w->mp; i += 8) acc += *(const v8d *)(u + i) * *(const v8d *)(xj + i);
+        b[j] = lane_sum(acc);
+    }
+}
+
+/* Solve G z = b for symmetric positive definite G (p x p) by Cholesky; z = 0
+ * where a pivot is not positive (or nan), as lossfn.fit._wls.solve_spd (and
+ * LAPACK's potrf test). L is scratch. */
+static void solve_spd(const double *g, const double *b, int64_t p, double *L, double *z)
+{
+    for (int64_t j = 0; j < p; ++j) {
+        double d = g[j * p + j];
+        for (int64_t k = 0; k < j; ++k) d -= L[j * p + k] * L[j * p + k];
+        if (!(d > 0)) {
+            for (int64_t k = 0; k < p; ++k) z[k] = 0;
+            return;
+        }
+        L[j * p + j] = sqrt(d);
+        for (int64_t i = j + 1; i < p; ++i) {
+            double v = g[i * p + j];
+            for (int64_t k = 0; k < j; ++k) v -= L[i * p + k] * L[j * p + k];
+            L[i * p + j] = v / L[j * p + j];
+        }
+    }
+    for (int64_t i = 0; i < p; ++i) { /* L v = b */
+        double v = b[i];
+        for (int64_t k = 0; k < i; ++k) v -= L[i * p + k] * z[k];
+        z[i] = v / L[i * p + i];
+    }
+    for (int64_t i = p - 1; i >= 0; --i) { /* L^T z = v */
+        double v = z[i];
+        for (int64_t k = i + 1; k < p; ++k) v -= L[k * p + i] * z[k];
+        z[i] = v / L[i * p + i];
+    }
+}
+
+/* The k-th smallest of v[0..n), n > 0, no nan; v is permuted so that every
+ * value after place k is >= it. Quickselect with the median of three as
+ * pivot (Hoare's partition: ties split evenly), insertion sort below 16. */
+static double select_kth(double *v, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (hi - lo >= 16) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        double a = v[lo], b = v[mid], c = v[hi];
+        const double pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        int64_t i = lo, j = hi;
+        while (i <= j) { /* the pivot is in [lo, hi]: both scans stop inside */
+            while (v[i] < pivot) ++i;
+            while (v[j] > pivot) --j;
+            if (i <= j) {
+                const double t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return v[k]; /* places j < k < i all hold the pivot */
+    }
+    for (int64_t i = lo + 1; i <= hi; ++i) {
+        const double t = v[i];
+        int64_t j = i - 1;
+        for (; j >= lo && v[j] > t; --j) v[j + 1] = v[j];
+        v[j + 1] = t;
+    }
+    return v[k];
+}
+
+/* Splits |values[i]| over the points i < count that are present (all if
+ * present is NULL; n of them) around [lo, hi], without a branch on the
+ * values: those below lo to the front of `out`, above hi to its back, the
+ * rest to the front of `window` (which may be `values` itself: it is written
+ * behind the reading). size = {below, inside, above}; the above ones start at
+ * out + below + inside. Returns 0 if a value is nan. */
+static int split(const double *values, const double *present, int64_t count, int64_t n, double lo,
+                 double hi, double *out, double *window, int64_t size[3])
+{
+    int64_t below = 0, above = 0, inside = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        const double a = fabs(values[i]);
+        if (a != a) return 0;
+        if (present && present[i] == 0) continue;
+        /* Before this value below + above + inside < n: every place is in bounds. */
+        const int low = a < lo, high = a > hi;
+        out[below] = a;
+        out[n - 1 - above] = a;
+        window[inside] = a;
+        below += low;
+        above += high;
+        inside += !(low | high);
+    }
+    size[0] = below, size[1] = inside, size[2] = above;
+    return 1;
+}
+
+#define SAMPLE 31 /* values sampled to guess a bracket of a rank */
+
+/* The k-th smallest of v[0..n) (n > 0, no nan), as select_kth, with the
+ * parts of many values first narrowed around it (Floyd and Rivest's idea,
+ * branch-free): ranks k' - 6 and k' + 6 of 31 evenly spaced values, where k'
+ * is k scaled to the sample, bracket it; a split around them keeps its part,
+ * a third of the values or fewer, in place or in `scratch` (the caller's
+ * buffer of n values: the two swap as the parts shrink). Outside the bracket
+ * with probability about 3%; the part then kept is still smaller. */
+static double select_kth_sampled(double *v, int64_t n, int64_t k, double *scratch)
+{
+    while (n >= 4 * SAMPLE) {
+        double sample[SAMPLE];
+        for (int i = 0; i < SAMPLE; ++i) sample[i] = v[i * n / SAMPLE];
+        const int64_t centre = k * SAMPLE / n;
+        const double low = select_kth(sample, SAMPLE, centre < 6 ? 0 : centre - 6);
+        const double high = select_kth(sample, SAMPLE, centre > SAMPLE - 7 ? SAMPLE - 1 : centre + 6);
+        int64_t size[3];
+        split(v, NULL, n, n, low, high, scratch, v, size);
+        if (k < size[0]) { /* below the bracket: in scratch, whose buffer v becomes */
+            double *t = v;
+            v = scratch, scratch = t, n = size[0];
+        } else if (k < size[0] + size[1]) { /* inside: in place */
+            if (size[1] == n) break; /* all ties of the bracket: no narrowing */
+            k -= size[0], n = size[1];
+        } else {
+            double *t = v;
+            v = scratch + size[0] + size[1], scratch = t, k -= size[0] + size[1], n = size[2];
+        }
+    }
+    return select_kth(v, n, k);
+}
+
+/* The middle pair of |r| over the n > 0 present points, given a guess
+ * [lo, hi] of where it lies (lo > hi or nan: none). A split around it
+ * (:c:func:`split`) is a step of quickselect, so the pair is exact whatever
+ * the guess, and the lower middle rank is selected in its part only: a good
+ * guess (late in the iteration, where the median moves little) leaves a few
+ * values there and skips most of the selection's unpredictable branches.
+ * The upper one is the lower one or the next value up: one more count.
+ * Returns 0 if an r is nan. */
+static int middle_pair(workspace *w, const double *r, int64_t n, double lo, double hi,
+                       double *lower, double *upper)
+{
+    int64_t size[3];
+    const int guessed = lo <= hi;
+    if (!split(r, w->present, w->m, n, guessed ? lo : -INFINITY, guessed ? hi : INFINITY,
+               w->sorted, w->window, size))
+        return 0;
+    double *part[3] = {w->sorted, w->window, w->sorted + size[0] + size[1]};
+    int64_t k = (n - 1) / 2, which = 0;
+    while (k >= size[which]) k -= size[which++];
+    const double value = select_kth_sampled(part[which], size[which], k, w->spare);
+    *lower = *upper = value;
+    if (n % 2 == 0) { /* the (n/2)-th smallest: value if it has company, else the next one up */
+        const v8d at = (v8d){0} + value;
+        v8d next = (v8d){0} + INFINITY;
+        v8di through = {0};
+        for (int64_t i = 0; i < w->mp; i += 8) { /* the padding is absent */
+            const v8d a = vabs(*(const v8d *)(r + i));
+            const v8di here = *(const v8d *)(w->present + i) != 0;
+            through -= here & (a <= at); /* true lanes are -1 */
+            next = blend(here & (a > at) & (a < next), a, next);
+        }
+        double least = INFINITY;
+        int64_t count = 0;
+        for (int l = 0; l < 8; ++l) least = next[l] < least ? next[l] : least, count += through[l];
+        *upper = count > n / 2 ? value : least;
+    }
+    return 1;
+}
+
+/* Where the next middle pair is sought: the last one widened by twice its
+ * last move (the scale iteration's steps shrink), or everywhere before
+ * there is a move to go by. */
+typedef struct {
+    double lower, upper, reach;
+} middle;
+
+/* median|r| / Phi^-1(3/4) over the n present points (numpy's median: the
+ * mean of the middle pair for even n); nan if n = 0 or an r is nan. `last`
+ * is updated for the next call. */
+static double mad_scale(workspace *w, const double *r, int64_t n, middle *last)
+{
+    double lower, upper;
+    /* nan (no guess yet) fails lo <= hi */
+    const double lo = last->lower - last->reach, hi = last->upper + last->reach;
+    if (n == 0 || !middle_pair(w, r, n, lo, hi, &lower, &upper)) return NAN;
+    const double moved = fmax(fabs(lower - last->lower), fabs(upper - last->upper));
+    /* The first call (lower = nan) leaves reach nan: the next is a plain selection. */
+    last->reach = 2 * moved + 1e-12 * upper;
+    last->lower = lower;
+    last->upper = upper;
+    return (0.5 * lower + 0.5 * upper) / MAD_TO_SIGMA;
+}
+
+/* Full column rank by the rule of lossfn.fit._prepare.independent_rows with
+ * no priority: p passes of greedy Gram-Schmidt over the rows, each taking the
+ * first present row that keeps more than 1% of its squared norm outside the
+ * span of those taken (else the one that keeps most); the design has full
+ * rank iff every pick keeps more than 1000 p eps of it. */
+static int full_rank(workspace *w, double eps, double tiny)
+{
+    const int64_t p = w->p, mp = w->mp;
+    double *basis = w->factor, q[HUBER_PMAX]; /* the factor is free until the fit starts */
+    for (int64_t i = 0; i < mp; i += 8) {
+        v8d s = {0};
+        for (int64_t j = 0; j < p; ++j) s += *(const v8d *)(w->xt + j * mp + i) * *(const v8d *)(w->xt + j * mp + i);
+        /* rows that cannot be picked: absent, all zero, or picked already */
+        *(v8d *)(w->norm2 + i) = blend((*(const v8d *)(w->present + i) != 0) & (s > 0), s, (v8d){0} - 1.0);
+        *(v8d *)(w->projected + i) = (v8d){0};
+    }
+    int ok = 1;
+    for (int64_t pass = 0; pass < p; ++pass) {
+        int64_t pick = -1, best = -1;
+        double best_kept = -INFINITY;
+        for (int64_t i = 0; i < w->m; ++i) {
+            const double kept = w->norm2[i] > 0 ? 1 - w->projected[i] / w->norm2[i] : -1;
+            if (kept > 1e-2) {
+                pick = i;
+                break;
+            }
+            if (kept > best_kept || best < 0) best_kept = kept, best = i;
+        }
+        if (pick < 0) pick = best;
+        const double kept = w->norm2[pick] > 0 ? 1 - w->projected[pick] / w->norm2[pick] : -1;
+        ok &= kept > 1000 * (double)p * eps;
+        w->norm2[pick] = -1;
+        for (int64_t j = 0; j < p; ++j) q[j] = w->xt[j * mp + pick];
+        for (int sweep = 0; sweep < 2; ++sweep) /* one sweep loses orthogonality; two suffice */
+            for (int64_t b = 0; b < pass; ++b) {
+                double dot = 0;
+                for (int64_t j = 0; j < p; ++j) dot += q[j] * basis[b * p + j];
+                for (int64_t j = 0; j < p; ++j) q[j] -= dot * basis[b * p + j];
+            }
+        double norm = 0;
+        for (int64_t j = 0; j < p; ++j) norm += q[j] * q[j];
+        norm = sqrt(norm);
+        norm = norm > tiny ? norm : tiny;
+        for (int64_t j = 0; j < p; ++j) basis[pass * p + j] = q[j] / norm;
+        for (int64_t i = 0; i < mp; i += 8) {
+            v8d c = {0};
+            for (int64_t j = 0; j < p; ++j) c += basis[pass * p + j] * *(const v8d *)(w->xt + j * mp + i);
+            *(v8d *)(w->projected + i) += c * c;
+        }
+    }
+    return ok;
+}
+
+typedef struct {
+    const double *x, *y, *weight, *delta, *scale; /* scale NULL: estimate it */
+    int64_t r0, r1, m, p;
+    int max_iter;
+    double tol, eps, tiny;
+    double *beta, *s;
+    int64_t *iterations;
+    uint8_t *converged, *rank_ok;
+} huber_job;
+
+/* Copies dataset `row` into the workspace; 0 if a present value is not finite. */
+static int load(workspace *w, const huber_job *job, int64_t row, int64_t *n)
+{
+    const int64_t m = w->m, mp = w->mp, p = w->p;
+    const double *x = job->x + row * m * p, *y = job->y + row * m, *weight = job->weight + row * m;
+    int64_t count = 0, bad = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        const int64_t here = weight[i] > 0;
+        count += here;
+        w->present[i] = (double)here;
+        w->y[i] = y[i];
+        bad |= here & !(fabs(y[i]) <= DBL_MAX); /* nan or inf, without a branch */
+        for (int64_t j = 0; j < p; ++j) {
+            const double v = x[i * p + j];
+            w->xt[j * mp + i] = v;
+            bad |= here & !(fabs(v) <= DBL_MAX);
+        }
+    }
+    for (int64_t i = m; i < mp; ++i) { /* the padding: absent, all zero */
+        w->present[i] = w->y[i] = 0;
+        for (int64_t j = 0; j < p; ++j) w->xt[j * mp + i] = 0;
+    }
+    *n = count;
+    return !bad;
+}
+
+/* Aitken's jump of the scale iteration on a straight stretch: the rule of
+ * lossfn.fit._huber._extrapolate, for one dataset. */
+static double extrapolate(double d, double *rho, double *safe, int64_t *run, double plain)
+{
+    const int moved = d != 0;
+    const double ratio = d / *safe, size = fabs(ratio);
+    const int straight = *run >= 2 && size <= 0.95 && fabs(ratio - *rho) <= 1e-3 * size;
+    const double next = straight ? plain + d * ratio / (1 - ratio) : plain;
+    *run = straight || !moved ? 0 : *run + 1;
+    *rho = ratio;
+    *safe = moved ? d : 1.0;
+    return next;
+}
+
+/* One dataset: beta (p), s, iterations, converged, rank_ok. */
+static void fit_one(workspace *w, const huber_job *job, int64_t row)
+{
+    const int64_t p = w->p, mp = w->mp;
+    double *beta = job->beta + row * p, *out_s = job->s + row;
+    double step[2][HUBER_PMAX], candidate[2][HUBER_PMAX], rhs[HUBER_PMAX];
+    int64_t n;
+    job->converged[row] = 0;
+    job->iterations[row] = job->max_iter;
+    if (!load(w, job, row, &n)) { /* nan or inf in a present point: no fit */
+        job->rank_ok[row] = 0;
+        for (int64_t j = 0; j < p; ++j) beta[j] = NAN;
+        *out_s = NAN;
+        return;
+    }
+    job->rank_ok[row] = (uint8_t)full_rank(w, job->eps, job->tiny);
+
+    /* Start: least squares (present rows only: absent ones are zero). */
+    for (int64_t i = 0; i < mp; ++i) w->inlier[i] = 1, w->outlier[i] = 0;
+    weighted_grams(w, w->inlier, w->outlier, w->gram[0], w->gram[1]);
+    project(w, w->y, rhs);
+    solve_spd(w->gram[0], rhs, p, w->factor, beta);
+    residuals(w, beta, w->r);
+    const int estimate = job->scale == NULL;
+    middle last = {NAN, NAN, NAN};
+    double s = estimate ? mad_scale(w, w->r, n, &last) : job->scale[row];
+    const double delta = job->delta[row], tol = job->tol;
+    double rho = 0, safe = 1;
+    int64_t run = 0;
+    for (int step_number = 0; step_number < job->max_iter; ++step_number) {
+        const double product = delta * s;
+        const double c = product < job->tiny ? job->tiny : product; /* nan stays nan */
+        const v8d cv = (v8d){0} + c;
+        /* Newton weights 1 on |r| <= c; IRLS adds c/|r| on the rest; psi = clip(r, -c, c). */
+        for (int64_t i = 0; i < mp; i += 8) {
+            const v8d r = *(const v8d *)(w->r + i), a = vabs(r);
+            const v8di in = a <= cv;
+            *(v8d *)(w->inlier + i) = blend(in, (v8d){0} + 1.0, (v8d){0});
+            *(v8d *)(w->outlier + i) = blend(in, (v8d){0}, cv / a);
+            *(v8d *)(w->psi + i) = blend(r > cv, cv, blend(r < -cv, -cv, r));
+        }
+        weighted_grams(w, w->inlier, w->outlier, w->gram[0], w->gram[1]);
+        for (int64_t k = 0; k < p * p; ++k) w->gram[1][k] += w->gram[0][k];
+        project(w, w->psi, rhs);
+        solve_spd(w->gram[0], rhs, p, w->factor, step[0]); /* Newton */
+        solve_spd(w->gram[1], rhs, p, w->factor, step[1]); /* IRLS */
+        /* The better (lower objective) of the two, with residuals from the data. */
+        double value[2];
+        for (int t = 0; t < 2; ++t) {
+            for (int64_t j = 0; j < p; ++j) candidate[t][j] = beta[j] + step[t][j];
+            residuals(w, candidate[t], t == 0 ? w->trial : w->r);
+            value[t] = objective(w, t == 0 ? w->trial : w->r, c);
+        }
+        const int newton = value[0] <= value[1];
+        if (newton) {
+            double *swap = w->r;
+            w->r = w->trial;
+            w->trial = swap;
+        }
+        const double *chosen = candidate[newton ? 0 : 1];
+        double change = 0, size = 0;
+        for (int64_t j = 0; j < p; ++j) {
+            const double dj = fabs(chosen[j] - beta[j]), bj = fabs(beta[j]);
+            change = dj > change || dj != dj ? dj : change; /* nan propagates */
+            size = bj > size || bj != bj ? bj : size;
+            beta[j] = chosen[j];
+        }
+        size = size < 1 ? 1 : size;
+        double new_s = s;
+        if (estimate) {
+            const double plain = mad_scale(w, w->r, n, &last);
+            new_s = extrapolate(plain - s, &rho, &safe, &run, plain);
+        }
+        const int settled = fabs(new_s - s) <= tol * s;
+        s = new_s;
+        if (change <= tol * size && settled) {
+            job->converged[row] = 1;
+            job->iterations[row] = step_number + 1;
+            break;
+        }
+    }
+    *out_s = s;
+}
+
+static void *run_huber_job(void *arg)
+{
+    const huber_job *job = arg;
+    const int64_t m = job->m, mp = (m + 7) / 8 * 8;
+    workspace *w = malloc(sizeof(workspace));
+    double *data = aligned_alloc(64, sizeof(double) * (size_t)mp * (size_t)(job->p + 12));
+    if (w == NULL || data == NULL) {
+        free(w);
+        free(data);
+        return (void *)1;
+    }
+    w->m = m, w->mp = mp, w->p = job->p;
+    w->xt = data;
+    double **vectors[] = {&w->y, &w->present, &w->r, &w->trial, &w->inlier,
+                          &w->outlier, &w->psi, &w->norm2, &w->projected, &w->sorted, &w->window, &w->spare};
+    for (int k = 0; k < 12; ++k) *vectors[k] = data + (job->p + k) * mp;
+    for (int64_t row = job->r0; row < job->r1; ++row) fit_one(w, job, row);
+    free(data);
+    free(w);
+    return NULL;
+}
+
+/* Huber regression of `rows` standardized datasets (see the top of the file).
+ * delta (rows); scale (rows), or NULL to estimate it by the MAD rule; eps and
+ * tiny are those of the caller's dtype (the rank rule's and c's floor).
+ * Outputs: beta (rows, p), s (rows), iterations (rows; max_iter if not
+ * converged), converged and rank_ok (rows). Returns -1 if scratch memory ran
+ * out or p > HUBER_PMAX (the outputs are then incomplete), else 0. */
+int lossfn_huber(const double *x, const double *y, const double *weight, const double *delta,
+                 const double *scale, int64_t rows, int64_t m, int64_t p, int max_iter, double tol,
+                 double eps, double tiny, double *beta, double *s, int64_t *iterations,
+                 uint8_t *converged, uint8_t *rank_ok, int threads)
+{
+    if (p < 1 || p > HUBER_PMAX || m < 1) return -1;
+    huber_job jobs[MAX_THREADS];
+    threads = thread_count(threads, rows);
+    const int64_t share = (rows + threads - 1) / threads;
+    for (int t = 0; t < threads; ++t) {
+        const int64_t r0 = t * share < rows ? t * share : rows;
+        const int64_t r1 = r0 + share < rows ? r0 + share : rows;
+        jobs[t] = (huber_job){x, y, weight, delta, scale, r0, r1, m, p, max_iter, tol, eps, tiny,
+                              beta, s, iterations, converged, rank_ok};
+    }
+    return fan_out(run_huber_job, (char *)jobs, sizeof jobs[0], threads) ? -1 : 0;
+}
