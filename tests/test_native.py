@@ -80,6 +80,24 @@ def test_large_offsets_and_many_points_keep_their_digits():
     _check(x, y, None, rtol=1e-13)
 
 
+def test_blocks_merged_across_a_trend_at_a_large_offset():
+    # Rows of several blocks (the kernel's BLOCK is 1024 points) whose means
+    # differ by far more than their spread: sorted x at an offset of 1e8, and
+    # a mask that leaves a block empty. Merging the blocks' sums must keep the
+    # digits (their means' difference is taken about the first-pass means).
+    gen = torch.Generator().manual_seed(12)
+    m = 5000
+    x = 1e8 + torch.linspace(0, 1, m, dtype=torch.float64).expand(3, m).clone()
+    y = 3 * x + 1e-3 * torch.randn(3, m, generator=gen, dtype=torch.float64)
+    _check(x, y, None, rtol=1e-12)
+    present = torch.ones(3, m, dtype=torch.bool)
+    present[0, 1024:2048] = False  # the second block absent
+    present[1, ::3] = False
+    present[2, :4000] = False  # only the tail
+    _check(x, y, present, rtol=1e-12)
+    _check(x.float(), y.float(), present, rtol=1e-12)
+
+
 def test_float32_at_the_ends_of_its_range():
     # Squares of 1e-30 and 1e30 leave float32; the kernel's float64 holds them.
     gen = torch.Generator().manual_seed(4)

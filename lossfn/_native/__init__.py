@@ -2,25 +2,32 @@
 
 torch runs a fit's passes one operator at a time: each one reads the data
 from memory and writes a temporary back. A kernel that makes every pass over
-one dataset while it is in cache reads the data once (``kernels.c``):
+one dataset while it is in cache reads the data once (``kernels.c``,
+``huber.c``):
 
 * :func:`line_sums`, the centred moments of one predictor and the response
-  (``fit.ols`` with an intercept, ``fit.standardized``): a whole ``fit.ols``
-  call 1.5-2x faster from about 100 points per dataset (about even for very
-  short ones, where per-call costs dominate), and, accumulated in float64,
-  more accurate in float32, where no sum can over- or underflow;
+  (``fit.standardized``), and :func:`line_fit`, the same sums and the whole
+  ``fit.ols`` record after them (one predictor with an intercept): a whole
+  ``fit.ols`` call 2.5-4x faster than the pure-torch route from about 100
+  points per dataset, and, accumulated in float64, more accurate in float32,
+  where no sum can over- or underflow;
 * :func:`centred_gram`, the Gram matrices of several predictors for the
   least-squares solver (:mod:`lossfn.fit._solve`), both passes of CholeskyQR2
   included: ``fit.ols`` with several predictors 1.5-2.5x faster than on the
   torch route's batched Gram products at 1000 datasets of 500 points, less on
   short datasets, where the small algebra after the passes dominates (about
-  even at 100 points with d = 20).
+  even at 100 points with d = 20);
+* :func:`huber`, the whole iteration of ``fit.huber`` one dataset at a time,
+  each stopping when it has converged: 5-8x faster than the torch route, which
+  runs every dataset of a batch in lockstep for ``max_iter`` steps.
 
-(``benchmarks/fits.py`` measures both against the pure-torch route.)
+(``benchmarks/fits.py`` and ``benchmarks/robust.py`` measure them against the
+pure-torch route.)
 
 The kernels are an accelerator for the plain eager case, never a requirement:
-:func:`line_sums` and :func:`centred_gram` return None, and the caller runs
-its pure-torch path, whenever the kernels cannot serve the call exactly:
+:func:`line_sums`, :func:`line_fit`, :func:`centred_gram` and :func:`huber` return
+None, and the caller runs its pure-torch path, whenever the kernels cannot serve
+the call exactly:
 
 * a ``torch.func`` transform is active (``vmap``, ``grad``, ...), autograd
   must record the call (backward or forward mode), or torch is tracing it
@@ -54,7 +61,8 @@ import torch
 
 from ._build import library as _library
 
-__all__ = ["available", "line_sums", "centred_gram", "huber", "MAX_COLUMNS", "MAX_COEFFICIENTS"]
+__all__ = ["available", "line_sums", "line_fit", "centred_gram", "huber", "MAX_COLUMNS",
+           "MAX_COEFFICIENTS"]
 
 #: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in kernels.c).
 MAX_COLUMNS = 64
@@ -127,7 +135,7 @@ def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor])
         return None
     fx, fy, fm = flat
     rows = fy.shape[0]
-    out = torch.empty(rows, 5, dtype=torch.float64, device="cpu")  # not the default device
+    out = torch.empty(rows, 6, dtype=torch.float64, device="cpu")  # not the default device
     # Threads only where each gets enough work to pay for starting it.
     threads = max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
     lib.lossfn_line_sums(
@@ -135,7 +143,49 @@ def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor])
         None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0),
         rows, m, out.data_ptr(), threads,
     )
-    return tuple(column.view(y.shape[:-1]) for column in out.unbind(-1))
+    return tuple(column.view(y.shape[:-1]) for column in out.unbind(-1)[:5])  # n: not asked for
+
+
+def line_fit(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
+    """The record of ``fit.ols`` with one predictor and an intercept, or None.
+
+    :func:`line_sums` and the arithmetic after it in one call: the ~50 small
+    torch operations that turn the sums into the record cost as much as the
+    kernel itself on short batches (and more with cold caches). ``x``, ``y``,
+    ``present`` as :func:`line_sums`. Returns ``(intercept, slope, sigma2,
+    stderr (..., 2), r2, n, ok)`` in ``y``'s dtype (``n`` int64, ``ok``
+    bool), nan in the float fields of a dataset that is not ok; None where
+    the kernels cannot serve the call.
+    """
+    m = y.shape[-1]
+    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype or m == 0:
+        return None
+    if not _eligible(x, y, present):
+        return None
+    flat = [_rows(t, m) if t is not None else None for t in (x, y, present)]
+    if flat[0] is None or flat[1] is None or (present is not None and flat[2] is None):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    fx, fy, fm = flat
+    rows = fy.shape[0]
+    batch = y.shape[:-1]
+    # On the CPU whatever the default device is.
+    sums = torch.empty(rows, 6, dtype=torch.float64, device="cpu")
+    fields = torch.empty(batch + (6,), dtype=x.dtype, device="cpu")
+    ok = torch.empty(batch, dtype=torch.bool, device="cpu")
+    count = torch.empty(batch, dtype=torch.int64, device="cpu")
+    threads = max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
+    info = torch.finfo(x.dtype)
+    lib.lossfn_line_fit(
+        int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(), fy.stride(0),
+        None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0), rows, m,
+        info.eps, info.tiny, sums.data_ptr(), fields.data_ptr(), ok.data_ptr(), count.data_ptr(),
+        threads,
+    )
+    return (fields[..., 0], fields[..., 1], fields[..., 2], fields[..., 3:5], fields[..., 5],
+            count, ok)
 
 
 def centred_gram(

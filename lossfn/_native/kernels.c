@@ -1,29 +1,32 @@
 /* Native kernels of lossfn: fused passes over the data that torch would make
  * one operator (and one memory round trip) at a time. Two of them:
- * line_sums (one predictor) and centred_gram (several), below.
+ * line_sums (one predictor) and centred_gram (several), below; the Huber
+ * iteration is in huber.c.
  *
  * line_sums: the centred moments of one predictor and the response, per
- * dataset (row). For each row, two passes while the row is in cache:
+ * dataset (row), in one pass over memory. Each block of BLOCK points is read
+ * twice while it is in cache:
  *   1. n = number of present points, c_x = sum(x)/n, c_y = sum(y)/n;
  *   2. with dx = x - c_x, dy = y - c_y over the present points: the shifted
  *      sums S_dx, S_dy, S_dxdx, S_dxdy, S_dydy;
- * and returns mean_x = c_x + S_dx/n, mean_y, and the centred sums
- *   Sxx = S_dxdx - S_dx^2/n,  Sxy = S_dxdy - S_dx*S_dy/n,  Syy = S_dydy - S_dy^2/n.
- * Everything is accumulated in double: float32 data are exact there, and
- * their squares neither over- nor underflow. Sums are two-level (vector
- * lanes within blocks of BLOCK points, then across blocks), so rounding grows
- * with BLOCK/lanes + m/BLOCK rather than m. Absent points (mask 0) are cleared
- * by a bit mask, not multiplied by 0: nan or inf there is never added.
+ * which give the block's mean_x = c_x + S_dx/n, mean_y, and centred sums
+ *   Sxx = S_dxdx - S_dx^2/n,  Sxy = S_dxdy - S_dx*S_dy/n,  Syy = S_dydy - S_dy^2/n;
+ * the blocks' are merged pairwise (merge, below) into the row's. Everything
+ * is accumulated in double: float32 data are exact there, and their squares
+ * neither over- nor underflow. Rounding grows with BLOCK/lanes within a block
+ * and with the number of blocks across them. Absent points (mask 0) are
+ * cleared by a bit mask, not multiplied by 0: nan or inf there is never added.
  *
  * Compiled on first use by lossfn._native._build (cc -O3 -march=native).
  */
+#include <math.h>
+
 #include "common.h"
 
 #define BLOCK 1024
 
-/* The two passes over one row, in blocks of BLOCK points: sums of the present
- * values (and their count), then of the products of the centred present
- * values. Vectors of 8 points, two at a time into two sets of sums (so the
+/* The two passes over a block of a row: sums of the present values (and
+ * their count), then of the products of the centred present values. Vectors of 8 points, two at a time into two sets of sums (so the
  * additions' latency overlaps), then the last few, loaded without reading
  * past the row. Absent points and the lanes past the row are cleared by bit
  * masks, so nan or inf there is never added. */
@@ -66,7 +69,42 @@ DEFINE_CONSTANT_RESPONSE(constant_response_f64, double)
 #define constant_response(yr, mr, m, o)                                                    \
     _Generic((yr), const float *: constant_response_f32, const double *: constant_response_f64)(yr, mr, m, o)
 
-#define DEFINE_LINE_SUMS(NAME, T, LOAD)                                          \
+/* The 16 values from p + j on into cache, for the next block's first pass
+ * (a prefetch past the row's end is harmless: it never faults). */
+#define PREFETCH_NEXT(p, j)                                                                \
+    do {                                                                                   \
+        __builtin_prefetch((p) + (j));                                                     \
+        if (sizeof *(p) == 8) __builtin_prefetch((p) + (j) + 8);                           \
+    } while (0)
+
+/* Merges the centred sums of a block (n points about means c + e, as
+ * first-pass mean c and correction e) into a row's running ones, about the
+ * running mean C + E (Chan, Golub and LeVeque's pairwise update). The means'
+ * difference is taken as (c - C) + (e - E): with data far from 0 the first
+ * parts cancel exactly, so it keeps its digits whatever the offset. */
+typedef struct {
+    double n, cx, cy, ex, ey, sxx, sxy, syy;
+} centred;
+
+static inline void merge(centred *run, const centred *block)
+{
+    if (block->n == 0) return;
+    if (run->n == 0) {
+        *run = *block;
+        return;
+    }
+    const double n = run->n + block->n, w = block->n / n, both = run->n * w;
+    const double dx = (block->cx - run->cx) + (block->ex - run->ex);
+    const double dy = (block->cy - run->cy) + (block->ey - run->ey);
+    run->ex += dx * w;
+    run->ey += dy * w;
+    run->sxx += block->sxx + dx * dx * both;
+    run->sxy += block->sxy + dx * dy * both;
+    run->syy += block->syy + dy * dy * both;
+    run->n = n;
+}
+
+#define DEFINE_LINE_SUMS(NAME, T, LOAD)                                                    \
     static void NAME(const T *x, int64_t x_row, const T *y, int64_t y_row,                 \
                      const uint8_t *mask, int64_t mask_row, int64_t r0, int64_t r1,        \
                      int64_t m, double *out)                                               \
@@ -75,12 +113,12 @@ DEFINE_CONSTANT_RESPONSE(constant_response_f64, double)
         for (int64_t r = r0; r < r1; ++r) {                                                \
             const T *xr = x + r * x_row, *yr = y + r * y_row;                              \
             const uint8_t *mr = mask ? mask + r * mask_row : NULL;                         \
-            v8d tn = {0}, tx = {0}, ty = {0};                                              \
-            double sn = 0, sx = 0, sy = 0; /* the scalar tails' sums */                    \
+            centred run = {0};                                                             \
             for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {                                    \
                 const int64_t end = m - j0 < BLOCK ? m : j0 + BLOCK;                       \
                 v8d n0 = {0}, x0 = {0}, y0 = {0}, n1 = {0}, x1 = {0}, y1 = {0};            \
                 v8d n2 = {0}, x2 = {0}, y2 = {0}, n3 = {0}, x3 = {0}, y3 = {0};            \
+                double sn = 0, sx = 0, sy = 0; /* the scalar tail's sums */                \
                 int64_t j = j0;                                                            \
                 for (; j + 32 <= end; j += 32) { /* 4 sets: only 2 sums per set */         \
                     FIRST_STEP(LOAD, j, 0);                                                \
@@ -95,20 +133,18 @@ DEFINE_CONSTANT_RESPONSE(constant_response_f64, double)
                 if (j + 8 <= end) { FIRST_STEP(LOAD, j, 0); j += 8; }                      \
                 for (; j < end; ++j) /* the last few: scalar */                            \
                     if (!mr || mr[j]) { sn += 1; sx += (double)xr[j]; sy += (double)yr[j]; } \
-                tn += (n0 + n1) + (n2 + n3); tx += (x0 + x1) + (x2 + x3);                  \
-                ty += (y0 + y1) + (y2 + y3);                                               \
-            }                                                                              \
-            const double n = mr ? lane_sum(tn) + sn : (double)m;                           \
-            const double cx = (lane_sum(tx) + sx) / n, cy = (lane_sum(ty) + sy) / n;       \
-            const v8d cxv = (v8d){0} + cx, cyv = (v8d){0} + cy;                            \
-            v8d t1 = {0}, t2 = {0}, t3 = {0}, t4 = {0}, t5 = {0};                          \
-            double s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0;                                 \
-            for (int64_t j0 = 0; j0 < m; j0 += BLOCK) {                                    \
-                const int64_t end = m - j0 < BLOCK ? m : j0 + BLOCK;                       \
+                const double n = mr ? lane_sum((n0 + n1) + (n2 + n3)) + sn : (double)(end - j0); \
+                if (n == 0) continue; /* an absent block */                                \
+                const double cx = (lane_sum((x0 + x1) + (x2 + x3)) + sx) / n;              \
+                const double cy = (lane_sum((y0 + y1) + (y2 + y3)) + sy) / n;              \
+                const v8d cxv = (v8d){0} + cx, cyv = (v8d){0} + cy;                        \
                 v8d a0 = {0}, b0 = {0}, aa0 = {0}, ab0 = {0}, bb0 = {0};                   \
                 v8d a1 = {0}, b1 = {0}, aa1 = {0}, ab1 = {0}, bb1 = {0};                   \
-                int64_t j = j0;                                                            \
+                double s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0;                             \
+                j = j0; /* the block again, from cache, while the next one is fetched */   \
                 for (; j + 16 <= end; j += 16) {                                           \
+                    PREFETCH_NEXT(xr, j + BLOCK);                                          \
+                    PREFETCH_NEXT(yr, j + BLOCK);                                          \
                     SECOND_STEP(LOAD, j, 0);                                               \
                     SECOND_STEP(LOAD, j + 8, 1);                                           \
                 }                                                                          \
@@ -118,20 +154,29 @@ DEFINE_CONSTANT_RESPONSE(constant_response_f64, double)
                         const double dx = (double)xr[j] - cx, dy = (double)yr[j] - cy;     \
                         s1 += dx; s2 += dy; s3 += dx * dx; s4 += dx * dy; s5 += dy * dy;   \
                     }                                                                      \
-                t1 += a0 + a1; t2 += b0 + b1; t3 += aa0 + aa1; t4 += ab0 + ab1; t5 += bb0 + bb1; \
+                const double dxs = lane_sum(a0 + a1) + s1, dys = lane_sum(b0 + b1) + s2;   \
+                const centred block = {n, cx, cy, dxs / n, dys / n,                        \
+                                       lane_sum(aa0 + aa1) + s3 - dxs * dxs / n,           \
+                                       lane_sum(ab0 + ab1) + s4 - dxs * dys / n,           \
+                                       lane_sum(bb0 + bb1) + s5 - dys * dys / n};          \
+                merge(&run, &block);                                                       \
             }                                                                              \
-            const double dxs = lane_sum(t1) + s1, dys = lane_sum(t2) + s2;                 \
-            double *o = out + 5 * r;                                                       \
-            o[0] = cx + dxs / n;                                                           \
-            o[1] = cy + dys / n;                                                           \
-            o[2] = lane_sum(t3) + s3 - dxs * dxs / n;                                      \
-            o[3] = lane_sum(t4) + s4 - dxs * dys / n;                                      \
-            o[4] = lane_sum(t5) + s5 - dys * dys / n;                                      \
+            double *o = out + 6 * r;                                                       \
+            o[5] = run.n;                                                                  \
+            if (run.n == 0) { /* no point: nothing is defined */                           \
+                for (int k = 0; k < 5; ++k) o[k] = NAN;                                    \
+                continue;                                                                  \
+            }                                                                              \
+            o[0] = run.cx + run.ex;                                                        \
+            o[1] = run.cy + run.ey;                                                        \
+            o[2] = run.sxx;                                                                \
+            o[3] = run.sxy;                                                                \
+            o[4] = run.syy;                                                                \
             /* A response at rounding level around its mean may be constant: then   \
              * its mean is that value and Syy = Sxy = 0 exactly (slope 0, r2 nan),   \
              * not the rounding of its first-pass mean. Checked point by point, and  \
              * only for such rows, so it costs the others nothing. */               \
-            if (!(o[4] > 16 * DBL_EPSILON * DBL_EPSILON * n * (cy * cy + 1e-300)))       \
+            if (!(o[4] > 16 * DBL_EPSILON * DBL_EPSILON * run.n * (o[1] * o[1] + 1e-300))) \
                 constant_response(yr, mr, m, o);                                           \
         }                                                                                  \
     }
@@ -157,7 +202,7 @@ static void *run_line_job(void *arg)
     return NULL;
 }
 
-/* out: (rows, 5) doubles: mean_x, mean_y, Sxx, Sxy, Syy. Strides are in
+/* out: (rows, 6) doubles: mean_x, mean_y, Sxx, Sxy, Syy, n. Strides are in
  * elements; a row stride of 0 repeats one row (a broadcast input). Rows are
  * shared out over `threads` threads (the caller's thread is one of them). */
 void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
@@ -172,6 +217,64 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
         jobs[t] = (line_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, out};
     }
     fan_out(run_line_job, (char *)jobs, sizeof jobs[0], threads);
+}
+
+/* v rounded to the caller's dtype (float32 unless is_double). */
+static inline double in_dtype(int is_double, double v) { return is_double ? v : (double)(float)v; }
+
+/* The record of fit.ols for one predictor with an intercept, from line_sums'
+ * sums: the arithmetic of lossfn.fit._design._native_moments and
+ * lossfn.fit._ols._simple/_finish, in double, each field rounded once to the
+ * caller's dtype at the end (the torch route rounds each step in float32).
+ * eps and tiny are the dtype's. fields (rows, 6) in the dtype (float32
+ * unless is_double): intercept, slope, sigma2, se_intercept, se_slope, r2,
+ * all nan where the fit is not ok; ok (rows) 1 or 0; count (rows) the
+ * present points; sums (rows, 6) is scratch for line_sums. */
+void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
+                     const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, double eps,
+                     double tiny, double *sums, void *fields, uint8_t *ok, int64_t *count,
+                     int threads)
+{
+    lossfn_line_sums(is_double, x, x_row, y, y_row, mask, mask_row, rows, m, sums, threads);
+    for (int64_t r = 0; r < rows; ++r) {
+        const double *o = sums + 6 * r;
+        const double n = o[5], mean_x = o[0], mean_y = o[1];
+        const double sxx = o[2] > 0 ? o[2] : 0, sxy = o[3], syy = o[4] > 0 ? o[4] : 0;
+        const double slope = sxy / sxx;
+        /* Syy - b*Sxy cancels as r2 -> 1: see lossfn.fit._design.moments. */
+        const double ssr_raw = syy - slope * sxy, ssr = ssr_raw > 0 ? ssr_raw : 0;
+        const double norm_x = sqrt(sxx), corr = sxy / (norm_x * sqrt(syy));
+        const double residual_norm = sqrt(ssr);
+        /* s = sqrt(SSR/(n - 2)): nan where no degree of freedom is left */
+        const double s = n > 2 ? residual_norm / sqrt(n - 2) : NAN;
+        const double relative_x = mean_x / norm_x;
+        double f[6];
+        f[0] = in_dtype(is_double, mean_y - slope * mean_x);
+        f[1] = in_dtype(is_double, slope);
+        f[2] = in_dtype(is_double, ssr / n);
+        f[3] = in_dtype(is_double, s * sqrt(1 / n + relative_x * relative_x));
+        f[4] = in_dtype(is_double, s / norm_x);
+        f[5] = in_dtype(is_double, 1 - ssr / syy);
+        /* The rules of _simple and _finish, on the values as the dtype holds them:
+         * x varies above the rounding noise of its mean (noise_floor), its norm
+         * and the fit are finite there, and a nonzero slope is not lost below
+         * the dtype's normal range. */
+        const double kept_norm = in_dtype(is_double, norm_x);
+        const int varies = kept_norm > 8 * eps * fabs(in_dtype(is_double, mean_x)) * sqrt(n)
+                           && isfinite(kept_norm)
+                           && !(fabs(f[1]) < tiny / 8 && fabs(corr) > 0);
+        const double total = in_dtype(is_double, in_dtype(is_double, f[0] + f[1])
+                                                     + in_dtype(is_double, residual_norm));
+        ok[r] = varies && n >= 2 && isfinite(total);
+        count[r] = (int64_t)n;
+        for (int k = 0; k < 6; ++k) {
+            const double v = ok[r] ? f[k] : NAN;
+            if (is_double)
+                ((double *)fields)[6 * r + k] = v;
+            else
+                ((float *)fields)[6 * r + k] = (float)v;
+        }
+    }
 }
 
 /* ---------------------------------------------------------------------------

@@ -33,6 +33,14 @@ exact by an order-statistic count, ~2x cheaper). Where the window is too
 crowded to rank, the scale holds for that step, which then cannot count as
 convergence: ``converged`` always rests on an exact median.
 
+On the CPU, outside ``torch.func`` transforms and autograd, the same iteration
+runs in C, one dataset at a time while it is in cache (:func:`lossfn._native.huber`):
+each dataset stops as soon as it has converged (here every dataset runs
+``max_iter`` steps, so that the call has no data-dependent control flow), and
+the median is an exact selection at every step. The paths differ by that; the
+fixed point, and so the fit, agree to the tolerance. Both routes are tested
+against statsmodels RLM.
+
 References:
     P. J. Huber (1964), Robust estimation of a location parameter, Ann. Math.
     Statist. 35(1), 73–101. P. J. Huber, E. M. Ronchetti (2009), Robust

@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_fit_options
-from .._native import centred_gram
+from .._native import centred_gram, line_fit
 from .._units import largest_abs, power_of_two_scale
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
 from ._solve import centred_grams, first_factor, padded_rows, points_last, solve_grams
@@ -167,6 +167,9 @@ def _residual_sd(residual_norm: torch.Tensor, n: torch.Tensor, p: int) -> torch.
 
 
 def _simple(data: Data) -> OLSFit:
+    native = line_fit(data.x, data.y, data.present)
+    if native is not None:  # the sums and the arithmetic below, in C (lossfn._native)
+        return OLSFit(*native)
     mo = moments(data)
     n = data.n
     beta = mo.slope

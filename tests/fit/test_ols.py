@@ -865,7 +865,7 @@ def test_each_route_is_the_one_it_says(monkeypatch, route):
     import lossfn.fit._ols
 
     served = []
-    for module, name in ((lossfn.fit._design, "line_sums"), (lossfn.fit._ols, "centred_gram")):
+    for module, name in ((lossfn.fit._ols, "line_fit"), (lossfn.fit._ols, "centred_gram")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, **k: served.append(_real(*a, **k)) or served[-1])
     gen = torch.Generator().manual_seed(5)
