@@ -166,3 +166,14 @@ def test_rank_rule_matches_the_torch_route():
     fit = huber(X, y)
     assert fit.ok.tolist() == [False, True]
     assert torch.isnan(fit.slope[0]).all() and torch.isfinite(fit.slope[1]).all()
+
+
+def test_any_max_iter_is_honoured():
+    # max_iter is any int; the kernel's count is int64 (a 32-bit one once
+    # wrapped 2**31 to a negative count and returned the start, not ok).
+    X, y = _contaminated(2, 40, 1, seed=11)
+    want = huber(X, y, max_iter=50)
+    for cap in (2**31, 2**32 + 3, 2**63 - 1, 2**70):
+        got = huber(X, y, max_iter=cap)
+        assert got.ok.all() and torch.equal(got.iterations, want.iterations)
+        torch.testing.assert_close(got.slope, want.slope, rtol=0, atol=0)

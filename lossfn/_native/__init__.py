@@ -296,6 +296,8 @@ def huber(
     # A dataset of 200 points and 2 coefficients takes ~10 µs: threads only for
     # batches that keep each busy well past the cost of starting it.
     threads = max(1, min(torch.get_num_threads(), rows * m * p // (1 << 15)))
+    # Datasets stop as they converge: a cap beyond int64 (max_iter is any int) changes nothing.
+    max_iter = min(max_iter, 2**62)
     status = lib.lossfn_huber(
         x.data_ptr(), y.data_ptr(), w.data_ptr(), delta.data_ptr(),
         None if scale is None else scale.data_ptr(), rows, m, p, max_iter, tol, info.eps, info.tiny,

@@ -211,10 +211,19 @@ static int split(const double *values, const double *present, int64_t count, int
  * is k scaled to the sample, bracket it; a split around them keeps its part,
  * a third of the values or fewer, in place or in `scratch` (the caller's
  * buffer of n values: the two swap as the parts shrink). Outside the bracket
- * with probability about 3%; the part then kept is still smaller. */
+ * with probability about 3%; the part then kept is still smaller. A round that
+ * keeps more than 3/4 (ties, or an order built against the samples) ends in
+ * a sort instead, so the worst case is O(n log n), not quadratic. */
+static int ascending(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static double select_kth_sampled(double *v, int64_t n, int64_t k, double *scratch)
 {
     while (n >= 4 * SAMPLE) {
+        const int64_t before = n;
         double sample[SAMPLE];
         for (int i = 0; i < SAMPLE; ++i) sample[i] = v[i * n / SAMPLE];
         const int64_t centre = k * SAMPLE / n;
@@ -226,11 +235,15 @@ static double select_kth_sampled(double *v, int64_t n, int64_t k, double *scratc
             double *t = v;
             v = scratch, scratch = t, n = size[0];
         } else if (k < size[0] + size[1]) { /* inside: in place */
-            if (size[1] == n) break; /* all ties of the bracket: no narrowing */
+            if (low == high) return low; /* all ties of one value */
             k -= size[0], n = size[1];
         } else {
             double *t = v;
             v = scratch + size[0] + size[1], scratch = t, k -= size[0] + size[1], n = size[2];
+        }
+        if (4 * n > 3 * before) { /* an adversarial order defeats the samples: sort, O(n log n) */
+            qsort(v, (size_t)n, sizeof *v, ascending);
+            return v[k];
         }
     }
     return select_kth(v, n, k);
@@ -354,8 +367,7 @@ static int full_rank(workspace *w, double eps, double tiny)
 
 typedef struct {
     const double *x, *y, *weight, *delta, *scale; /* scale NULL: estimate it */
-    int64_t r0, r1, m, p;
-    int max_iter;
+    int64_t r0, r1, m, p, max_iter;
     double tol, eps, tiny;
     double *beta, *s;
     int64_t *iterations;
@@ -431,7 +443,7 @@ static void fit_one(workspace *w, const huber_job *job, int64_t row)
     const double delta = job->delta[row], tol = job->tol;
     double rho = 0, safe = 1;
     int64_t run = 0;
-    for (int step_number = 0; step_number < job->max_iter; ++step_number) {
+    for (int64_t step_number = 0; step_number < job->max_iter; ++step_number) {
         const double product = delta * s;
         const double c = product < job->tiny ? job->tiny : product; /* nan stays nan */
         const v8d cv = (v8d){0} + c;
@@ -515,7 +527,7 @@ static void *run_huber_job(void *arg)
  * converged), converged and rank_ok (rows). Returns -1 if scratch memory ran
  * out or p > HUBER_PMAX (the outputs are then incomplete), else 0. */
 int lossfn_huber(const double *x, const double *y, const double *weight, const double *delta,
-                 const double *scale, int64_t rows, int64_t m, int64_t p, int max_iter, double tol,
+                 const double *scale, int64_t rows, int64_t m, int64_t p, int64_t max_iter, double tol,
                  double eps, double tiny, double *beta, double *s, int64_t *iterations,
                  uint8_t *converged, uint8_t *rank_ok, int threads)
 {

@@ -305,11 +305,20 @@ def _iterate(X, yy, w, masked, delta_t, scale, *, intercept, max_iter, tol):
         # IRLS (A = min(1, c/|r|)) always descends; Newton (A = 1 on |r| ≤ c)
         # is exact once it sees the final inlier set. Keep the better one.
         # One product gives both Gram matrices and the right-hand side.
-        irls = c / torch.maximum(a, c)  # exactly 1 (c/c) on the inliers, < 1 off them
+        # Exactly 1 on the inliers, < 1 off them (and 1 everywhere for c = inf).
+        irls = torch.where(a <= c, 1.0, c / a)
         # ψ = clamp(r, −c, c); minimum/maximum run ~2x faster than clamp with tensor bounds.
         psi = torch.minimum(torch.maximum(r, -c), c)
+        # With no inlier (c far below every residual: a tiny fixed scale) every
+        # weight is tiny and p = 2's det G = O(c²) underflows to 0, a zero
+        # step. Both systems divided by the largest present weight give the
+        # same steps (Newton's is scaled back below).
+        top = torch.where(present, irls, 0.0).amax(-1, keepdim=True) if present is not None \
+            else irls.amax(-1, keepdim=True)
+        top = torch.where(top > 0, top, 1.0)
         steps = weighted_solves(X, Xt, products, torch.stack(
-            [irls, irls.floor(), psi], dim=-2))  # (..., 2, p): IRLS, Newton
+            [irls / top, irls.floor(), psi / top], dim=-2))  # (..., 2, p): IRLS, Newton
+        steps = steps * torch.stack([torch.ones_like(top), top], dim=-2)
         # Converged datasets stand still: a zero step leaves β and r exactly as they are.
         steps = torch.where(done[..., None, None], zero, steps)
         # Residuals of both candidates from the data, not carried as r − XΔ:

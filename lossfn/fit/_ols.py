@@ -25,7 +25,8 @@ from .._checks import check_fit_options
 from .._native import centred_gram, line_fit
 from .._units import largest_abs, power_of_two_scale
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import centred_grams, first_factor, padded_rows, points_last, solve_grams
+from ._solve import (centred_grams, first_factor, one_pass_suffices, padded_rows, points_last,
+                     solve_grams)
 
 __all__ = ["OLSFit", "ols"]
 
@@ -278,13 +279,19 @@ def _multiple_block(y, x, present, n, intercept: bool):
     return ((mean / unit)[..., : d + 1],) + grams + (unit[..., : d + 1],)
 
 
-def _native_grams(data: Data, intercept: bool, data_eps: Optional[float]):
-    """``(means, *grams)`` as :func:`_multiple_block` gives them, from the native
-    kernel (:mod:`lossfn._native`), or None where it cannot serve the call.
+def _native_solution(data: Data, intercept: bool, data_eps: Optional[float]):
+    """``(means, Solution)`` from the native kernel (:mod:`lossfn._native`), or
+    None where it cannot serve the call.
 
     It forms each Gram matrix in float64 in one pass per dataset while the
-    dataset is in cache, float32 data included (then the one pass is all, as on
-    the torch route); float64 data get CholeskyQR2's second pass from it too.
+    dataset is in cache. That pass is all for float32 data, as on the torch
+    route, and for the float64 datasets where one pass keeps at least 12
+    digits (:func:`lossfn.fit._solve.one_pass_suffices`: well-conditioned
+    designs, responses not nearly an exact fit); the others, the NIST designs
+    among them, get CholeskyQR2's second pass over their own data. Which
+    datasets those are is a decision on values, made here only: the kernels
+    serve eager calls, never ``torch.func`` transforms, which take the torch
+    route and its two passes for every dataset.
     """
     d = data.x.shape[-1]
     zeros = None if intercept else data.y.new_zeros(data.y.shape[:-1] + (d + 1,), dtype=torch.float64)
@@ -293,38 +300,54 @@ def _native_grams(data: Data, intercept: bool, data_eps: Optional[float]):
         return None
     means, gram = first
     n = data.n.to(torch.float64)
+    solution = solve_grams((gram,), n, means[..., :d], data_eps=data_eps)
     if data_eps is not None:  # float32 data: one pass in float64 (lossfn.fit._solve)
-        return means, gram
-    r0, info0, t = first_factor(gram, means[..., :d], n, data.y.shape[-1], torch.finfo(gram.dtype).eps)
-    second = centred_gram(data.x, data.y, data.present, means=means, transform=t)
+        return means, solution
+    r0, info0, t, r0_inverse = first_factor(gram, means[..., :d], n, data.y.shape[-1],
+                                            torch.finfo(gram.dtype).eps)
+    again = ~one_pass_suffices(r0, info0, r0_inverse)
+    if not again.any():
+        return means, solution
+    # One dataset (batch shape ()): a batch of one, as views, so that indexing works alike.
+    lift = (lambda t: t.unsqueeze(0)) if again.dim() == 0 else (lambda t: t)
+    at = lift(again).nonzero(as_tuple=True)  # those datasets' data only: a copy of a few
+    x, y, present = (None if t is None else lift(t)[at] for t in (data.x, data.y, data.present))
+    second = centred_gram(x, y, present, means=lift(means)[at], transform=lift(t)[at])
     if second is None:
         return None
-    return means, gram, r0, second[1], info0
+    twice = solve_grams((lift(gram)[at], lift(r0)[at], second[1], lift(info0)[at]), lift(n)[at],
+                        lift(means)[at][..., :d])
+    for field, better in zip(solution, twice):
+        lift(field)[at] = better
+    return means, solution
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = data.n
     d = data.x.shape[-1]
     work, data_eps = _precision(data.x)
-    native = _native_grams(data, intercept, data_eps) if work == torch.float64 else None
-    # Blocks of datasets keep the centred copy in cache for the passes that
-    # follow, and spare the page faults of allocating it whole; the small
-    # algebra after them runs once, on the whole batch.
-    means, *grams = native if native is not None else in_blocks(
-        lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
-        data.y, data.x, data.present, n,
-    )
-    # The float32 route's Gram matrices are in power-of-two units of the
-    # columns (see _multiple_block): X' = X·D, y' = y·u, D = diag(ux). Then
-    # β = D·β'/u, (XᵀX)⁻¹'s factor is D·C', SSR = SSR'/u²; everything below
-    # stays in the scaled units up to the last ratio, which cannot underflow.
+    native = _native_solution(data, intercept, data_eps) if work == torch.float64 else None
     ux = uy = None
-    if work != torch.float64:
-        *grams, unit = grams
-        ux, uy = unit[..., :d], unit[..., d]
-    # float64 for float32 data on the CPU: cast at the end
-    sol = solve_grams(tuple(grams), n, means[..., :d] if ux is None else means[..., :d] * ux,
-                      data_eps=data_eps)
+    if native is not None:
+        means, sol = native
+    else:
+        # Blocks of datasets keep the centred copy in cache for the passes that
+        # follow, and spare the page faults of allocating it whole; the small
+        # algebra after them runs once, on the whole batch.
+        means, *grams = in_blocks(
+            lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
+            data.y, data.x, data.present, n,
+        )
+        # The float32 route's Gram matrices are in power-of-two units of the
+        # columns (see _multiple_block): X' = X·D, y' = y·u, D = diag(ux). Then
+        # β = D·β'/u, (XᵀX)⁻¹'s factor is D·C', SSR = SSR'/u²; everything below
+        # stays in the scaled units up to the last ratio, which cannot underflow.
+        if work != torch.float64:
+            *grams, unit = grams
+            ux, uy = unit[..., :d], unit[..., d]
+        # float64 for float32 data on the CPU: cast at the end
+        sol = solve_grams(tuple(grams), n, means[..., :d] if ux is None else means[..., :d] * ux,
+                          data_eps=data_eps)
     n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)

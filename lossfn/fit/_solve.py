@@ -62,7 +62,8 @@ import torch
 
 from ._design import noise_floor, packed_symmetric_index
 
-__all__ = ["Solution", "centred_grams", "first_factor", "solve_grams", "padded_rows", "points_last"]
+__all__ = ["Solution", "centred_grams", "first_factor", "one_pass_suffices", "solve_grams",
+           "padded_rows", "points_last"]
 
 
 class Solution(NamedTuple):
@@ -197,7 +198,7 @@ def centred_grams(
         return (gram,)
     # CholeskyQR2 of the augmented [X b]: R's last column gives the
     # coefficients and R_bb = ‖b − Xβ‖ (see solve_grams).
-    r0, info0, t = first_factor(gram, means, n, m, data_eps)
+    r0, info0, t, _ = first_factor(gram, means, n, m, data_eps)
     # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zeros like aug: one more pass over the data.
     t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
     q_aug = t_pad.mT @ aug if rows_first else _times_upper(aug, t_pad)
@@ -208,7 +209,7 @@ def centred_grams(
 
 def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: int,
                  data_eps: float) -> Tuple[torch.Tensor, ...]:
-    """``(R₀, info₀, T)``: CholeskyQR2's first factor from the first pass's Gram matrix.
+    """``(R₀, info₀, T, R₀⁻¹)``: CholeskyQR2's first factor from the first pass's Gram matrix.
 
     ``R₀ᵀR₀ = S·G·S + s·I`` with the scales ``S`` that give the columns unit
     norm and the shift ``s`` of shifted CholeskyQR (module docs; ``m`` points,
@@ -222,8 +223,34 @@ def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: in
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     shift = 11 * (m * k + k * (k + 1)) * eps * k
     r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
-    t = scale.unsqueeze(-1) * torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
-    return r0, info0, t
+    r0_inverse = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
+    return r0, info0, scale.unsqueeze(-1) * r0_inverse, r0_inverse
+
+
+#: Most relative error that one pass may leave where the caller chooses it
+#: for float64 data (:func:`one_pass_suffices`): 2⁻⁴⁰ ≈ 9e-13, at least 12
+#: significant digits, where CholeskyQR2 keeps up to about 15.
+ONE_PASS_ERROR = 2.0**-40
+
+
+def one_pass_suffices(r0: torch.Tensor, info0: torch.Tensor, r0_inverse: torch.Tensor) -> torch.Tensor:
+    """``(...)`` bool: where one pass gives the least-squares fit to :data:`ONE_PASS_ERROR`.
+
+    From :func:`first_factor`'s ``R₀`` (of ``A = [X b]·S``, unit-norm columns)
+    and ``R₀⁻¹``. One pass solves the normal equations of ``A``, whose
+    relative error is about ``eps·κ(A_x)²`` in the coefficients and their
+    standard errors, and ``eps·‖b‖²/SSR`` in ``SSR`` (the cancellation in
+    ``‖b‖² − ‖Q₁ᵀb‖²``). Bounds of both: ``κ(A_x)² ≤ ‖A_x‖_F²·‖R_xx⁻¹‖_F² =
+    d·‖R_xx⁻¹‖_F²``, and ``SSR/‖b‖² = ρ²``, ``ρ = R₀[d, d]`` (up to the
+    shift, which is far below the threshold). A well-conditioned design with
+    a response that is not nearly an exact fit (random data: ``κ ≈ 1.5``)
+    passes; the NIST designs (Longley, Pontius, Wampler, Filip) do not.
+    """
+    d = r0.shape[-1] - 1
+    eps = torch.finfo(r0.dtype).eps
+    design = d * r0_inverse[..., :d, :d].square().sum((-2, -1))
+    residual_share = r0[..., d, d].square()
+    return (info0 == 0) & (eps * design <= ONE_PASS_ERROR) & (eps <= ONE_PASS_ERROR * residual_share)
 
 
 def solve_grams(
@@ -234,11 +261,16 @@ def solve_grams(
     data_eps: Optional[float] = None,
 ) -> Solution:
     """Finish least squares from :func:`centred_grams`' output (same ``means``,
-    ``data_eps``), for a whole batch at once: only (d+1)² algebra per dataset."""
+    ``data_eps``), for a whole batch at once: only (d+1)² algebra per dataset.
+
+    ``grams`` is ``(G,)`` after one pass (solved by one Cholesky factorization
+    of the Gram matrix, see the module) or ``(G, R₀, G₁, info₀)`` after two.
+    """
     gram = grams[0]
     d = means.shape[-1]
     n = n.to(gram.dtype)
-    data_eps, one_pass = _precision(gram.dtype, data_eps)
+    data_eps = _precision(gram.dtype, data_eps)[0]
+    one_pass = len(grams) == 1
     live, scale = _scales(gram, means, n, data_eps)
     eye = torch.eye(d, dtype=gram.dtype, device=gram.device).expand(gram.shape[:-2] + (d, d))
     if one_pass:

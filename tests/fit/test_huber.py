@@ -477,3 +477,31 @@ def test_float32_at_scales_whose_squares_leave_float32(scale_x, scale_y):
         ours = [fit.intercept[b].item() / scale_y, fit.slope[b].item() * scale_x / scale_y]
         assert _rel(ours, ref.params) < 1e-4
         assert fit.scale[b].item() / scale_y == pytest.approx(ref.scale, rel=1e-4)
+
+
+def test_tiny_threshold_tends_to_lad_and_infinite_delta_to_ols():
+    # δ·s far below every residual: ρ(r/s) is δ|r|/s up to a constant, so the
+    # fit minimizes Σ|r| (oracle: the linear programme, HiGHS). The torch
+    # route once returned the OLS line with ok=True there (det G underflowed).
+    # δ = inf: ρ is r²/2, least squares (oracle: statsmodels OLS).
+    from scipy.optimize import linprog
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, generator=g, dtype=F64)
+    y = 1 + 2 * x + torch.randn(2, 40, generator=g, dtype=F64)
+    fit = huber(x, y, scale=1e-300, max_iter=5000)
+    assert fit.ok.all()
+    for b in range(2):
+        A = np.c_[np.ones(40), x[b].numpy()]
+        lp = linprog(np.r_[0, 0, np.ones(80)], A_eq=np.hstack([A, np.eye(40), -np.eye(40)]),
+                     b_eq=y[b].numpy(), bounds=[(None, None)] * 2 + [(0, None)] * 80, method="highs")
+        ours = np.abs(y[b].numpy() - A @ _params(fit, b)).sum()
+        # IRLS creeps in this limit (no inlier for the Newton step to land on):
+        # the steps fall below tol with Σ|r| within ~1e-7 of the optimum; the
+        # OLS line is ~1e-2 above it.
+        assert ours == pytest.approx(lp.fun, rel=1e-6)
+    ols = huber(x, y, delta=torch.tensor([float("inf"), float("inf")], dtype=F64))
+    assert ols.ok.all()
+    for b in range(2):
+        ref = sm.OLS(y[b].numpy(), sm.add_constant(x[b].numpy())).fit()
+        assert _rel(_params(ols, b), ref.params) < 1e-10
