@@ -15,8 +15,9 @@ Multiple regression (B = 1000, m = 500, d = 5 and 20): ``fit.ols`` (and its
 pure-torch route) against batched ``torch.linalg.lstsq`` with an intercept
 column, and one batched
 float64 Gram product of the prebuilt ``[1 X y]``: the work of one pass of a
-Gram-based solver (``fit.ols`` makes three for float64 data, CholeskyQR2 being
-what Filip's accuracy needs, and one for float32 data, accumulated in float64).
+Gram-based solver (``fit.ols`` makes one, accumulated in float64, for float32
+data and for the float64 datasets where one pass keeps 12 digits, as these
+random designs do; the others, Filip's among them, get CholeskyQR2's second).
 
 Every number is the median of ``--repeats`` timed calls after one warm-up call,
 the peers of one row interleaved (``benchmarks/_timing.py``) so that machine
