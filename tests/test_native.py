@@ -464,3 +464,56 @@ def test_a_truncated_library_in_the_cache_is_rebuilt(tmp_path):
     fixed = _in_a_new_process(CHECK, cache, CC="cc -std=c11")
     assert fixed.returncode == 0 and fixed.stdout.split()[0] == "True"
     assert len(list(tmp_path.glob("kernels-*.so"))) == 1  # its own key: the compiler is part of it
+
+
+def test_line_fit_fields_are_contiguous_and_overflow_is_not_ok(monkeypatch):
+    # The record's fields come from one buffer: each must still be contiguous,
+    # as the torch route's are (stderr.view(-1) once raised). And sums that
+    # overflow (Syy = inf, slope·Sxy = inf: SSR = inf − inf) must fail the fit,
+    # whether or not the compiler fuses Syy − b·Sxy into one FMA.
+    res = fit.ols(torch.randn(3, 4, 10, dtype=torch.float64), torch.randn(3, 4, 10, dtype=torch.float64))
+    for field in res:
+        assert field.is_contiguous()
+    assert res.stderr.view(-1).shape == (24,)
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 2e154, 1e154, 3e154]], dtype=torch.float64)
+    out = native.line_fit(x, y, None)
+    assert out is not None and not out[-1].any() and torch.isnan(out[1]).all()
+
+
+PORTABLE = """
+import torch, lossfn._native as native
+from lossfn import fit
+assert native.available()
+x = torch.tensor([[0.0, 1.0, 2.0, 3.0]], dtype=torch.float64)
+y = torch.tensor([[0.0, 2e154, 1e154, 3e154]], dtype=torch.float64)
+print(bool(native.line_fit(x, y, None)[-1].any()))
+g = torch.Generator().manual_seed(8)
+X = torch.randn(5, 300, 3, generator=g, dtype=torch.float64)
+Y = X.sum(-1) + torch.randn(5, 300, generator=g, dtype=torch.float64) ** 3
+for res in (fit.ols(X[..., 0], Y), fit.ols(X, Y), fit.huber(X, Y), fit.huber(X[..., 0].float(), Y.float())):
+    print(*[f"{v:.17g}" for v in res.slope.double().flatten().tolist()])
+"""
+
+
+def test_a_build_without_fma_or_avx_gives_the_same_fits(tmp_path):
+    # The kernels compiled for baseline x86-64 (no FMA, SSE2 vectors), as on a
+    # machine without them or with CC="cc -march=x86-64": overflowed sums still
+    # fail the fit (without an FMA, Syy − b·Sxy is inf − inf = nan, which a
+    # clamp at 0 once turned into an exact fit with ok=True), and the fits
+    # agree with this process's build to rounding.
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86-64 baseline build")
+    run = _in_a_new_process(PORTABLE, str(tmp_path), CC="cc -march=x86-64")
+    assert run.returncode == 0, run.stderr
+    first, *slopes = run.stdout.splitlines()
+    assert first == "False"
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(5, 300, 3, generator=g, dtype=torch.float64)
+    Y = X.sum(-1) + torch.randn(5, 300, generator=g, dtype=torch.float64) ** 3
+    here = (fit.ols(X[..., 0], Y), fit.ols(X, Y), fit.huber(X, Y), fit.huber(X[..., 0].float(), Y.float()))
+    for line, res, tol in zip(slopes, here, (1e-13, 1e-12, 1e-8, 1e-5)):
+        theirs = torch.tensor([float(v) for v in line.split()], dtype=torch.float64)
+        torch.testing.assert_close(theirs, res.slope.double().flatten(), rtol=tol, atol=tol)

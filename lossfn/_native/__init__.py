@@ -115,6 +115,30 @@ def _eligible(*tensors: Optional[torch.Tensor]) -> bool:
     return all(_plain(t) for t in tensors)
 
 
+def _line_call(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
+    """``(library, data arguments, rows, threads)`` for the one-predictor kernels,
+    or None where they cannot serve the call. The data arguments are those
+    that both take first: dtype, then x, y and the mask as (rows, m) row views
+    (pointer and row stride each), rows and m."""
+    m = y.shape[-1]
+    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype or m == 0:
+        return None
+    if not _eligible(x, y, present):
+        return None
+    fx, fy, fm = [_rows(t, m) if t is not None else None for t in (x, y, present)]
+    if fx is None or fy is None or (present is not None and fm is None):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    rows = fy.shape[0]
+    arguments = (int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(),
+                 fy.stride(0), None if fm is None else fm.data_ptr(),
+                 0 if fm is None else fm.stride(0), rows, m)
+    # Threads only where each gets enough work to pay for starting it.
+    return lib, arguments, rows, max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
+
+
 def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
     """Centred moments of one predictor and the response, per dataset, or None.
 
@@ -123,27 +147,12 @@ def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor])
     ``(mean_x, mean_y, Sxx, Sxy, Syy)`` over the present points (nan where
     none is), or None where the kernels cannot serve the call (see the module).
     """
-    m = y.shape[-1]
-    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype or m == 0:
+    found = _line_call(x, y, present)
+    if found is None:
         return None
-    if not _eligible(x, y, present):
-        return None
-    flat = [_rows(t, m) if t is not None else None for t in (x, y, present)]
-    if flat[0] is None or flat[1] is None or (present is not None and flat[2] is None):
-        return None
-    lib = _library()
-    if lib is None:
-        return None
-    fx, fy, fm = flat
-    rows = fy.shape[0]
+    lib, arguments, rows, threads = found
     out = torch.empty(rows, 6, dtype=torch.float64, device="cpu")  # not the default device
-    # Threads only where each gets enough work to pay for starting it.
-    threads = max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
-    lib.lossfn_line_sums(
-        int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(), fy.stride(0),
-        None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0),
-        rows, m, out.data_ptr(), threads,
-    )
+    lib.lossfn_line_sums(*arguments, out.data_ptr(), threads)
     return tuple(column.view(y.shape[:-1]) for column in out.unbind(-1)[:5])  # n: not asked for
 
 
@@ -158,35 +167,22 @@ def line_fit(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
     bool), nan in the float fields of a dataset that is not ok; None where
     the kernels cannot serve the call.
     """
-    m = y.shape[-1]
-    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype or m == 0:
+    found = _line_call(x, y, present)
+    if found is None:
         return None
-    if not _eligible(x, y, present):
-        return None
-    flat = [_rows(t, m) if t is not None else None for t in (x, y, present)]
-    if flat[0] is None or flat[1] is None or (present is not None and flat[2] is None):
-        return None
-    lib = _library()
-    if lib is None:
-        return None
-    fx, fy, fm = flat
-    rows = fy.shape[0]
+    lib, arguments, rows, threads = found
     batch = y.shape[:-1]
     # On the CPU whatever the default device is.
     sums = torch.empty(rows, 6, dtype=torch.float64, device="cpu")
-    fields = torch.empty(batch + (6,), dtype=x.dtype, device="cpu")
+    fields = torch.empty(6 * rows, dtype=x.dtype, device="cpu")  # each field contiguous
     ok = torch.empty(batch, dtype=torch.bool, device="cpu")
     count = torch.empty(batch, dtype=torch.int64, device="cpu")
-    threads = max(1, min(torch.get_num_threads(), rows * m // (1 << 16)))
     info = torch.finfo(x.dtype)
-    lib.lossfn_line_fit(
-        int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(), fy.stride(0),
-        None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0), rows, m,
-        info.eps, info.tiny, sums.data_ptr(), fields.data_ptr(), ok.data_ptr(), count.data_ptr(),
-        threads,
-    )
-    return (fields[..., 0], fields[..., 1], fields[..., 2], fields[..., 3:5], fields[..., 5],
-            count, ok)
+    lib.lossfn_line_fit(*arguments, info.eps, info.tiny, sums.data_ptr(), fields.data_ptr(),
+                        ok.data_ptr(), count.data_ptr(), threads)
+    intercept, slope, sigma2, r2, stderr = fields.split([rows, rows, rows, rows, 2 * rows])
+    return (intercept.view(batch), slope.view(batch), sigma2.view(batch), stderr.view(batch + (2,)),
+            r2.view(batch), count, ok)
 
 
 def centred_gram(

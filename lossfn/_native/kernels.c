@@ -226,9 +226,9 @@ static inline double in_dtype(int is_double, double v) { return is_double ? v : 
  * sums: the arithmetic of lossfn.fit._design._native_moments and
  * lossfn.fit._ols._simple/_finish, in double, each field rounded once to the
  * caller's dtype at the end (the torch route rounds each step in float32).
- * eps and tiny are the dtype's. fields (rows, 6) in the dtype (float32
- * unless is_double): intercept, slope, sigma2, se_intercept, se_slope, r2,
- * all nan where the fit is not ok; ok (rows) 1 or 0; count (rows) the
+ * eps and tiny are the dtype's. fields (6 rows values) in the dtype
+ * (float32 unless is_double): intercept (rows), slope, sigma2, r2, then
+ * se_intercept and se_slope (rows x 2), all nan where the fit is not ok; ok (rows) 1 or 0; count (rows) the
  * present points; sums (rows, 6) is scratch for line_sums. */
 void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
                      const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, double eps,
@@ -239,10 +239,12 @@ void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y,
     for (int64_t r = 0; r < rows; ++r) {
         const double *o = sums + 6 * r;
         const double n = o[5], mean_x = o[0], mean_y = o[1];
-        const double sxx = o[2] > 0 ? o[2] : 0, sxy = o[3], syy = o[4] > 0 ? o[4] : 0;
+        /* Clamped at 0 as torch.clamp does, nan kept (inf - inf, from sums that
+         * overflowed, must fail the fit, not pass as an exact one). */
+        const double sxx = o[2] < 0 ? 0 : o[2], sxy = o[3], syy = o[4] < 0 ? 0 : o[4];
         const double slope = sxy / sxx;
         /* Syy - b*Sxy cancels as r2 -> 1: see lossfn.fit._design.moments. */
-        const double ssr_raw = syy - slope * sxy, ssr = ssr_raw > 0 ? ssr_raw : 0;
+        const double ssr_raw = syy - slope * sxy, ssr = ssr_raw < 0 ? 0 : ssr_raw;
         const double norm_x = sqrt(sxx), corr = sxy / (norm_x * sqrt(syy));
         const double residual_norm = sqrt(ssr);
         /* s = sqrt(SSR/(n - 2)): nan where no degree of freedom is left */
@@ -267,12 +269,16 @@ void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y,
                                                      + in_dtype(is_double, residual_norm));
         ok[r] = varies && n >= 2 && isfinite(total);
         count[r] = (int64_t)n;
+        /* Each field contiguous: intercept, slope, sigma2, r2 (rows each), then
+         * the standard errors (rows x 2). */
+        const int64_t place[6] = {r, rows + r, 2 * rows + r, 4 * rows + 2 * r, 4 * rows + 2 * r + 1,
+                                  3 * rows + r};
         for (int k = 0; k < 6; ++k) {
             const double v = ok[r] ? f[k] : NAN;
             if (is_double)
-                ((double *)fields)[6 * r + k] = v;
+                ((double *)fields)[place[k]] = v;
             else
-                ((float *)fields)[6 * r + k] = (float)v;
+                ((float *)fields)[place[k]] = (float)v;
         }
     }
 }
