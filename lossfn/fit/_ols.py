@@ -285,9 +285,10 @@ def _native_solution(data: Data, intercept: bool, data_eps: Optional[float]):
 
     It forms each Gram matrix in float64 in one pass per dataset while the
     dataset is in cache. That pass is all for float32 data, as on the torch
-    route, and for the float64 datasets where one pass keeps at least 12
-    digits (:func:`lossfn.fit._solve.one_pass_suffices`: well-conditioned
-    designs, responses not nearly an exact fit); the others, the NIST designs
+    route, and for the float64 datasets where one pass keeps about 12 digits
+    (:func:`lossfn.fit._solve.one_pass_suffices`: well-conditioned designs,
+    responses neither nearly an exact fit nor nearly unrelated, data not so
+    small that their squares are subnormal); the others, the NIST designs
     among them, get CholeskyQR2's second pass over their own data. Which
     datasets those are is a decision on values, made here only: the kernels
     serve eager calls, never ``torch.func`` transforms, which take the torch
@@ -305,7 +306,7 @@ def _native_solution(data: Data, intercept: bool, data_eps: Optional[float]):
         return means, solution
     r0, info0, t, r0_inverse = first_factor(gram, means[..., :d], n, data.y.shape[-1],
                                             torch.finfo(gram.dtype).eps)
-    again = ~one_pass_suffices(r0, info0, r0_inverse)
+    again = ~one_pass_suffices(gram, n, r0, info0, r0_inverse)
     if not again.any():
         return means, solution
     # One dataset (batch shape ()): a batch of one, as views, so that indexing works alike.
@@ -351,7 +352,11 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
     n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
-    se_slope = (s2 * sol.cov_factor.square().sum(-1)).sqrt()
+    # s·‖row of C‖ with the row in units of its largest entry: C = S·R⁻¹ is as
+    # large as 1/‖x_j‖, and its squares overflow for columns of 1e-155 where the
+    # standard errors themselves are ordinary numbers (they came out inf, ok=True).
+    top = sol.cov_factor.abs().amax(-1).clamp(min=torch.finfo(s2.dtype).tiny)
+    se_slope = s2.sqrt() * top * (sol.cov_factor / top.unsqueeze(-1)).square().sum(-1).sqrt()
     coef, residual_norm = sol.coef, sol.ssr.sqrt()
     # σ̂² divided by n before the unit comes off: SSR itself may overflow where SSR/n does not.
     sigma2, unexplained = sol.ssr / n, sol.ssr / sol.total

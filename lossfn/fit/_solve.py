@@ -230,30 +230,46 @@ def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: in
     return r0, info0, scale.unsqueeze(-1) * r0_inverse, r0_inverse
 
 
-#: Most relative error that one pass may leave where the caller chooses it
-#: for float64 data (:func:`one_pass_suffices`): 2⁻⁴⁰ ≈ 9e-13, at least 12
-#: significant digits, where CholeskyQR2 keeps up to about 15.
-ONE_PASS_ERROR = 2.0**-40
+#: The bound on one pass's relative errors under which the caller may take it
+#: for float64 data (:func:`one_pass_suffices`): 2⁻⁴² ≈ 2.3e-13. Measured
+#: errors stay below about 1e-12 (12 significant digits) where CholeskyQR2
+#: keeps up to about 15; the bounds' constants are left out, hence the margin.
+ONE_PASS_ERROR = 2.0**-42
 
 
-def one_pass_suffices(r0: torch.Tensor, info0: torch.Tensor, r0_inverse: torch.Tensor) -> torch.Tensor:
+def one_pass_suffices(gram: torch.Tensor, n: torch.Tensor, r0: torch.Tensor, info0: torch.Tensor,
+                      r0_inverse: torch.Tensor) -> torch.Tensor:
     """``(...)`` bool: where one pass gives the least-squares fit to :data:`ONE_PASS_ERROR`.
 
-    From :func:`first_factor`'s ``R₀`` (of ``A = [X b]·S``, unit-norm columns)
-    and ``R₀⁻¹``. One pass solves the normal equations of ``A``, whose
-    relative error is about ``eps·κ(A_x)²`` in the coefficients and their
-    standard errors, and ``eps·‖b‖²/SSR`` in ``SSR`` (the cancellation in
-    ``‖b‖² − ‖Q₁ᵀb‖²``). Bounds of both: ``κ(A_x)² ≤ ‖A_x‖_F²·‖R_xx⁻¹‖_F² =
-    d·‖R_xx⁻¹‖_F²``, and ``SSR/‖b‖² = ρ²``, ``ρ = R₀[d, d]`` (up to the
-    shift, which is far below the threshold). A well-conditioned design with
-    a response that is not nearly an exact fit (random data: ``κ ≈ 1.5``)
-    passes; the NIST designs (Longley, Pontius, Wampler, Filip) do not.
+    From the first pass's Gram matrix ``G`` of ``n`` points and
+    :func:`first_factor`'s ``R₀`` (of ``A = [X b]·S``, unit-norm columns) and
+    ``R₀⁻¹``. One pass solves the normal equations of ``A``; with
+    ``A_x``'s scaled coefficients ``β_s`` and ``ρ² = SSR/‖b‖²``:
+
+    * the coefficients and their standard errors err by about ``eps·κ(A_x)²``
+      absolute, ``eps·κ(A_x)²/‖β_s‖`` relative (a small ``β_s`` is a weak
+      regression), with ``κ(A_x)² ≤ ‖A_x‖_F²·‖R_xx⁻¹‖_F² = d·‖R_xx⁻¹‖_F²``;
+    * ``SSR`` errs by about ``eps·(1 + ‖β_s‖²)/ρ²`` relative (the cancellation
+      in ``‖b‖² − ‖Q₁ᵀb‖²``), which is ``eps·‖R₀⁻¹[:, d]‖²``: that column of
+      ``R₀⁻¹`` is ``(−β_s, 1)/ρ``;
+    * ``G`` itself must be exact to ``eps``: no column may be so small that
+      its squares are subnormal (data below about ``1e-154``), which rounds
+      them absolutely; ``G_jj ≥ n·tiny/eps`` keeps that error below ``eps²``.
+
+    (The shift of ``R₀`` is far below the threshold.) A well-conditioned
+    design with a response that is neither nearly an exact fit nor nearly
+    unrelated to it (random data: ``κ ≈ 1.5``) passes; the NIST designs
+    (Longley, Pontius, Wampler, Filip) do not.
     """
     d = r0.shape[-1] - 1
-    eps = torch.finfo(r0.dtype).eps
-    design = d * r0_inverse[..., :d, :d].square().sum((-2, -1))
-    residual_share = r0[..., d, d].square()
-    return (info0 == 0) & (eps * design <= ONE_PASS_ERROR) & (eps <= ONE_PASS_ERROR * residual_share)
+    info = torch.finfo(r0.dtype)
+    design = info.eps * d * r0_inverse[..., :d, :d].square().sum((-2, -1))
+    last = r0_inverse[..., :, d]
+    beta_norm = r0[..., d, d] * last[..., :d].norm(dim=-1)  # ‖β_s‖ = ρ·‖R₀⁻¹[:d, d]‖
+    ssr = info.eps * last.square().sum(-1)
+    exact = (torch.diagonal(gram, dim1=-2, dim2=-1) >= (n * info.tiny / info.eps).unsqueeze(-1)).all(-1)
+    return ((info0 == 0) & exact & (design <= ONE_PASS_ERROR * beta_norm.clamp(max=1))
+            & (ssr <= ONE_PASS_ERROR))
 
 
 def solve_grams(
