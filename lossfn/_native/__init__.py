@@ -62,13 +62,13 @@ import torch
 
 from ._build import library as _library
 
-__all__ = ["available", "line_sums", "line_fit", "centred_gram", "huber", "MAX_COLUMNS",
+__all__ = ["available", "line_sums", "line_fit", "centred_gram", "huber", "lad", "MAX_COLUMNS",
            "MAX_COEFFICIENTS"]
 
 #: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in kernels.c).
 MAX_COLUMNS = 64
 
-#: Most coefficients (intercept included) that :func:`huber` takes (``HUBER_PMAX`` in huber.c).
+#: Most coefficients (intercept included) that :func:`huber` and :func:`lad` take (``PMAX`` in robust.h).
 MAX_COEFFICIENTS = 64
 
 
@@ -243,6 +243,35 @@ def centred_gram(
     return means.view(batch + (k,)), out.view(batch + (k, k))
 
 
+#: Arguments of the robust kernels: float64 on the CPU, whatever the default device is.
+_CPU64 = {"dtype": torch.float64, "device": "cpu"}
+
+
+def _robust_call(design, response, weight, *others):
+    """``(library, x, y, w, batch)`` for the robust fits' kernels (``robust.h``):
+    the standardized problem as contiguous float64 (rows, m, p) and (rows, m),
+    or None where they cannot serve the call. ``others`` are the call's other
+    tensors, checked for eligibility."""
+    m, p = design.shape[-2], design.shape[-1]
+    if design.dtype not in (torch.float32, torch.float64) or m == 0 or not 1 <= p <= MAX_COEFFICIENTS:
+        return None
+    if not _eligible(design, response, weight, *others):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    x = design.to(**_CPU64).reshape(-1, m, p).contiguous()
+    y = response.to(**_CPU64).reshape(-1, m).contiguous()
+    w = weight.to(**_CPU64).reshape(-1, m).contiguous()
+    return lib, x, y, w, response.shape[:-1]
+
+
+def _robust_threads(rows: int, m: int, p: int) -> int:
+    """A dataset of 200 points and 2 coefficients takes ~10 µs: threads only
+    for batches that keep each busy well past the cost of starting it."""
+    return max(1, min(torch.get_num_threads(), rows * m * p // (1 << 15)))
+
+
 def huber(
     design: torch.Tensor,
     response: torch.Tensor,
@@ -266,42 +295,66 @@ def huber(
     None where the kernels cannot serve the call (see the module) or ``p``
     exceeds :data:`MAX_COEFFICIENTS`.
     """
-    m, p = design.shape[-2], design.shape[-1]
-    if design.dtype not in (torch.float32, torch.float64) or m == 0 or not 1 <= p <= MAX_COEFFICIENTS:
+    call = _robust_call(design, response, weight, delta, scale)
+    if call is None:
         return None
-    if not _eligible(design, response, weight, delta, scale):
-        return None
-    lib = _library()
-    if lib is None:
-        return None
-    batch = response.shape[:-1]
-    cpu64 = {"dtype": torch.float64, "device": "cpu"}  # not the default device
-    x = design.to(**cpu64).reshape(-1, m, p).contiguous()
-    y = response.to(**cpu64).reshape(-1, m).contiguous()
-    w = weight.to(**cpu64).reshape(-1, m).contiguous()
-    rows = y.shape[0]
+    lib, x, y, w, batch = call
+    rows, m, p = x.shape
 
     def per_dataset(value: torch.Tensor) -> torch.Tensor:
-        return value.to(**cpu64).expand(batch).reshape(rows).contiguous()
+        return value.to(**_CPU64).expand(batch).reshape(rows).contiguous()
 
     delta = per_dataset(delta)
     scale = None if scale is None else per_dataset(scale)
-    beta, s = torch.empty(rows, p, **cpu64), torch.empty(rows, **cpu64)
-    iterations = torch.empty(rows, dtype=torch.int64)
-    converged, full_rank = torch.empty(rows, dtype=torch.bool), torch.empty(rows, dtype=torch.bool)
+    beta, s = torch.empty(rows, p, **_CPU64), torch.empty(rows, **_CPU64)
+    iterations = torch.empty(rows, dtype=torch.int64, device="cpu")
+    converged = torch.empty(rows, dtype=torch.bool, device="cpu")
+    full_rank = torch.empty(rows, dtype=torch.bool, device="cpu")
     info = torch.finfo(design.dtype)
-    # A dataset of 200 points and 2 coefficients takes ~10 µs: threads only for
-    # batches that keep each busy well past the cost of starting it.
-    threads = max(1, min(torch.get_num_threads(), rows * m * p // (1 << 15)))
     # Datasets stop as they converge: a cap beyond int64 (max_iter is any int) changes nothing.
-    max_iter = min(max_iter, 2**62)
     status = lib.lossfn_huber(
         x.data_ptr(), y.data_ptr(), w.data_ptr(), delta.data_ptr(),
-        None if scale is None else scale.data_ptr(), rows, m, p, max_iter, tol, info.eps, info.tiny,
-        beta.data_ptr(), s.data_ptr(), iterations.data_ptr(), converged.data_ptr(),
-        full_rank.data_ptr(), threads,
+        None if scale is None else scale.data_ptr(), rows, m, p, min(max_iter, 2**62), tol,
+        info.eps, info.tiny, beta.data_ptr(), s.data_ptr(), iterations.data_ptr(),
+        converged.data_ptr(), full_rank.data_ptr(), _robust_threads(rows, m, p),
     )
     if status != 0:  # out of scratch memory
         return None
     return (beta.view(batch + (p,)), s.view(batch), iterations.view(batch),
             converged.view(batch), full_rank.view(batch))
+
+
+def lad(design: torch.Tensor, response: torch.Tensor, walk: torch.Tensor, weight: torch.Tensor, *,
+        max_iter: int):
+    """LAD regression of standardized datasets, one at a time in cache, or None.
+
+    The vertex walk of :func:`lossfn.fit.lad` (``lad.c``) on the problem that
+    :func:`lossfn.fit._prepare.standardize` makes (``design``, ``response``,
+    ``weight`` as for :func:`huber`); ``walk`` (..., m) is the perturbed
+    response the walk runs on (1 at absent points). Returns ``(beta (..., p),
+    objective, u_max, iterations, full_rank)``: the coefficients at the final
+    vertex, ``Σ|r|`` over the present points (standardized units), the
+    certificate's largest multiplier (optimal iff ``≤ 1 + eps**0.75``), the
+    exchanges made, and the rank rule with priorities ``|r|`` of the IRLS
+    start. None where the kernels cannot serve the call.
+    """
+    call = _robust_call(design, response, weight, walk)
+    if call is None:
+        return None
+    lib, x, y, w, batch = call
+    rows, m, p = x.shape
+    walk = walk.to(**_CPU64).reshape(-1, m).contiguous()
+    beta = torch.empty(rows, p, **_CPU64)
+    objective, u_max = torch.empty(rows, **_CPU64), torch.empty(rows, **_CPU64)
+    iterations = torch.empty(rows, dtype=torch.int64, device="cpu")
+    full_rank = torch.empty(rows, dtype=torch.bool, device="cpu")
+    info = torch.finfo(design.dtype)
+    status = lib.lossfn_lad(
+        x.data_ptr(), y.data_ptr(), walk.data_ptr(), w.data_ptr(), rows, m, p,
+        min(max_iter, 2**62), info.eps, info.tiny, beta.data_ptr(), objective.data_ptr(),
+        u_max.data_ptr(), iterations.data_ptr(), full_rank.data_ptr(), _robust_threads(rows, m, p),
+    )
+    if status != 0:  # out of scratch memory
+        return None
+    return (beta.view(batch + (p,)), objective.view(batch), u_max.view(batch),
+            iterations.view(batch), full_rank.view(batch))

@@ -1,6 +1,6 @@
 """Build and load the native kernels' shared library (see :mod:`lossfn._native`).
 
-``cc -O3 -march=native`` compiles ``kernels.c`` and ``huber.c`` on first use
+``cc -O3 -march=native`` compiles ``kernels.c``, ``huber.c`` and ``lad.c`` on first use
 into a cache directory; the file's name holds a hash of the source, the
 compiler and the CPU, and a checksum written after each build keeps a
 truncated file (which would crash the process that loads it) from ever being
@@ -29,8 +29,8 @@ __all__ = ["library"]
 
 HERE = Path(__file__).parent
 #: The C sources compiled into the library, then the header they share.
-SOURCES = [HERE / "kernels.c", HERE / "huber.c"]
-HEADERS = [HERE / "common.h"]
+SOURCES = [HERE / "kernels.c", HERE / "huber.c", HERE / "lad.c"]
+HEADERS = [HERE / "common.h", HERE / "robust.h"]
 FLAGS = ["-O3", "-fPIC", "-shared", "-pthread"]
 
 
@@ -134,6 +134,20 @@ def _build(compiler: list, target: Path) -> Optional[str]:
             os.remove(partial)
 
 
+# The kernels' C signatures (kernels.c, huber.c, lad.c), for ctypes.
+_I, _I64, _F64, _P = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+_SIGNATURES = {
+    "lossfn_line_sums": (None, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _P, _I]),
+    "lossfn_line_fit": (None, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _F64, _F64,
+                               _P, _P, _P, _P, _I]),
+    "lossfn_centred_gram": (_I, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _I, _P, _P,
+                                 _P, _I]),
+    "lossfn_huber": (_I, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F64, _F64, _F64,
+                          _P, _P, _P, _P, _P, _I]),
+    "lossfn_lad": (_I, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F64, _F64,
+                        _P, _P, _P, _P, _P, _I]),
+}
+
 _BUILDING = threading.Lock()  # threads of one process build once, not each their own
 
 
@@ -176,32 +190,9 @@ def _load() -> Optional[ctypes.CDLL]:
     else:
         _unavailable("; ".join(problems))
         return None
-    lib.lossfn_centred_gram.restype = ctypes.c_int
-    lib.lossfn_centred_gram.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-    ]
-    lib.lossfn_huber.restype = ctypes.c_int
-    lib.lossfn_huber.argtypes = [
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
-        ctypes.c_double, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-    ]
-    lib.lossfn_line_fit.restype = None
-    lib.lossfn_line_fit.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
-        ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    lib.lossfn_line_sums.restype = None
-    lib.lossfn_line_sums.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-        ctypes.c_int,
-    ]
+    for name, (result, arguments) in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = result, arguments
     return lib
 
 

@@ -13,51 +13,21 @@
  * The fixed point is the same; the path differs from the torch route's only
  * by rounding (and by the scale never being held for an untracked median).
  *
- * Input is the standardized problem of lossfn.fit._prepare.standardize,
- * in double: design (rows, m, p) with absent points' rows and responses 0,
- * response (rows, m), weight (rows, m) 1.0 for present points, 0.0 for
- * absent ones. Per dataset the design is copied feature-major into scratch,
- * padded to a multiple of 8 points with zeros (whose residual is 0 at every
- * beta, so they add nothing to any sum), and every pass runs over vectors of
- * 8 points.
+ * Input and scratch: see robust.h.
  */
-#include <math.h>
-
-#include "common.h"
+#include "robust.h"
 
 #define MAD_TO_SIGMA 0.6744897501960817 /* Phi^-1(3/4), lossfn.location.MAD_TO_SIGMA */
-#define HUBER_PMAX 64                   /* most coefficients: scratch sized for it */
 
-static inline v8d vabs(v8d v)
-{
-    return (v8d)((v8di)v & ((v8di){0} + INT64_MAX));
-}
-
-/* Lanes of a where mask is all ones, of b where it is 0. */
-static inline v8d blend(v8di mask, v8d a, v8d b)
-{
-    return (v8d)((mask & (v8di)a) | (~mask & (v8di)b));
-}
-
-/* One dataset's scratch: the feature-major design and the per-point vectors,
- * all `mp` (points rounded up to 8) doubles long and 64-byte aligned. */
-typedef struct {
-    int64_t m, mp, p;
-    double *xt;      /* p x mp */
-    double *y, *present, *r, *trial, *inlier, *outlier, *psi, *norm2, *projected;
-    double *sorted, *window, *spare; /* the present |r|, split and permuted by the selection */
-    double gram[2][HUBER_PMAX * HUBER_PMAX], factor[HUBER_PMAX * HUBER_PMAX];
-} workspace;
-
-/* r = y - X beta for all mp points. */
-static void residuals(const workspace *w, const double *beta, double *r)
-{
-    for (int64_t i = 0; i < w->mp; i += 8) {
-        v8d acc = *(const v8d *)(w->y + i);
-        for (int64_t j = 0; j < w->p; ++j) acc -= beta[j] * *(const v8d *)(w->xt + j * w->mp + i);
-        *(v8d *)(r + i) = acc;
-    }
-}
+/* Huber's vectors in the workspace (robust.h has the first four). */
+#define R(w) ((w)->vector[4])      /* the residuals */
+#define TRIAL(w) ((w)->vector[5])  /* the other candidate's residuals */
+#define INLIER(w) ((w)->vector[6]) /* Newton's weights */
+#define OUTLIER(w) ((w)->vector[7])
+#define PSI(w) ((w)->vector[8])
+#define SORTED(w) ((w)->vector[9]) /* the present |r|, split and permuted by the selection */
+#define WINDOW(w) ((w)->vector[10])
+#define SPARE(w) ((w)->vector[11])
 
 /* sum_i rho_c(r_i) with rho_c(a) = min(a, c) * (a - min(a, c)/2): the Huber
  * objective at scale 1 and threshold c. nan in r gives nan (never the lower):
@@ -77,67 +47,6 @@ static double objective(const workspace *w, const double *r, double c)
         }
     }
     return lane_sum(acc0 + acc1);
-}
-
-/* sum_i u_i x_ij x_ik and sum_i v_i x_ij x_ik into gu and gv (p x p, both
- * triangles), for two weight vectors u, v in one pass over each pair. */
-static void weighted_grams(const workspace *w, const double *u, const double *v, double *gu, double *gv)
-{
-    const int64_t p = w->p, mp = w->mp;
-    for (int64_t j = 0; j < p; ++j)
-        for (int64_t k = j; k < p; ++k) {
-            const double *xj = w->xt + j * mp, *xk = w->xt + k * mp;
-            v8d su = {0}, sv = {0};
-            for (int64_t i = 0; i < mp; i += 8) {
-                const v8d product = *(const v8d *)(xj + i) * *(const v8d *)(xk + i);
-                su += *(const v8d *)(u + i) * product;
-                sv += *(const v8d *)(v + i) * product;
-            }
-            gu[j * p + k] = gu[k * p + j] = lane_sum(su);
-            gv[j * p + k] = gv[k * p + j] = lane_sum(sv);
-        }
-}
-
-/* sum_i u_i x_ij into b (p). */
-static void project(const workspace *w, const double *u, double *b)
-{
-    for (int64_t j = 0; j < w->p; ++j) {
-        const double *xj = w->xt + j * w->mp;
-        v8d acc = {0};
-        for (int64_t i = 0; i < w->mp; i += 8) acc += *(const v8d *)(u + i) * *(const v8d *)(xj + i);
-        b[j] = lane_sum(acc);
-    }
-}
-
-/* Solve G z = b for symmetric positive definite G (p x p) by Cholesky; z = 0
- * where a pivot is not positive (or nan), as lossfn.fit._wls.solve_spd (and
- * LAPACK's potrf test). L is scratch. */
-static void solve_spd(const double *g, const double *b, int64_t p, double *L, double *z)
-{
-    for (int64_t j = 0; j < p; ++j) {
-        double d = g[j * p + j];
-        for (int64_t k = 0; k < j; ++k) d -= L[j * p + k] * L[j * p + k];
-        if (!(d > 0)) {
-            for (int64_t k = 0; k < p; ++k) z[k] = 0;
-            return;
-        }
-        L[j * p + j] = sqrt(d);
-        for (int64_t i = j + 1; i < p; ++i) {
-            double v = g[i * p + j];
-            for (int64_t k = 0; k < j; ++k) v -= L[i * p + k] * L[j * p + k];
-            L[i * p + j] = v / L[j * p + j];
-        }
-    }
-    for (int64_t i = 0; i < p; ++i) { /* L v = b */
-        double v = b[i];
-        for (int64_t k = 0; k < i; ++k) v -= L[i * p + k] * z[k];
-        z[i] = v / L[i * p + i];
-    }
-    for (int64_t i = p - 1; i >= 0; --i) { /* L^T z = v */
-        double v = z[i];
-        for (int64_t k = i + 1; k < p; ++k) v -= L[k * p + i] * z[k];
-        z[i] = v / L[i * p + i];
-    }
 }
 
 /* The k-th smallest of v[0..n), n > 0, no nan; v is permuted so that every
@@ -262,13 +171,13 @@ static int middle_pair(workspace *w, const double *r, int64_t n, double lo, doub
 {
     int64_t size[3];
     const int guessed = lo <= hi;
-    if (!split(r, w->present, w->m, n, guessed ? lo : -INFINITY, guessed ? hi : INFINITY,
-               w->sorted, w->window, size))
+    if (!split(r, PRESENT(w), w->m, n, guessed ? lo : -INFINITY, guessed ? hi : INFINITY,
+               SORTED(w), WINDOW(w), size))
         return 0;
-    double *part[3] = {w->sorted, w->window, w->sorted + size[0] + size[1]};
+    double *part[3] = {SORTED(w), WINDOW(w), SORTED(w) + size[0] + size[1]};
     int64_t k = (n - 1) / 2, which = 0;
     while (k >= size[which]) k -= size[which++];
-    const double value = select_kth_sampled(part[which], size[which], k, w->spare);
+    const double value = select_kth_sampled(part[which], size[which], k, SPARE(w));
     *lower = *upper = value;
     if (n % 2 == 0) { /* the (n/2)-th smallest: value if it has company, else the next one up */
         const v8d at = (v8d){0} + value;
@@ -276,7 +185,7 @@ static int middle_pair(workspace *w, const double *r, int64_t n, double lo, doub
         v8di through = {0};
         for (int64_t i = 0; i < w->mp; i += 8) { /* the padding is absent */
             const v8d a = vabs(*(const v8d *)(r + i));
-            const v8di here = *(const v8d *)(w->present + i) != 0;
+            const v8di here = *(const v8d *)(PRESENT(w) + i) != 0;
             through -= here & (a <= at); /* true lanes are -1 */
             next = blend(here & (a > at) & (a < next), a, next);
         }
@@ -312,59 +221,6 @@ static double mad_scale(workspace *w, const double *r, int64_t n, middle *last)
     return (0.5 * lower + 0.5 * upper) / MAD_TO_SIGMA;
 }
 
-/* Full column rank by the rule of lossfn.fit._prepare.independent_rows with
- * no priority: p passes of greedy Gram-Schmidt over the rows, each taking the
- * first present row that keeps more than 1% of its squared norm outside the
- * span of those taken (else the one that keeps most); the design has full
- * rank iff every pick keeps more than 1000 p eps of it. */
-static int full_rank(workspace *w, double eps, double tiny)
-{
-    const int64_t p = w->p, mp = w->mp;
-    double *basis = w->factor, q[HUBER_PMAX]; /* the factor is free until the fit starts */
-    for (int64_t i = 0; i < mp; i += 8) {
-        v8d s = {0};
-        for (int64_t j = 0; j < p; ++j) s += *(const v8d *)(w->xt + j * mp + i) * *(const v8d *)(w->xt + j * mp + i);
-        /* rows that cannot be picked: absent, all zero, or picked already */
-        *(v8d *)(w->norm2 + i) = blend((*(const v8d *)(w->present + i) != 0) & (s > 0), s, (v8d){0} - 1.0);
-        *(v8d *)(w->projected + i) = (v8d){0};
-    }
-    int ok = 1;
-    for (int64_t pass = 0; pass < p; ++pass) {
-        int64_t pick = -1, best = -1;
-        double best_kept = -INFINITY;
-        for (int64_t i = 0; i < w->m; ++i) {
-            const double kept = w->norm2[i] > 0 ? 1 - w->projected[i] / w->norm2[i] : -1;
-            if (kept > 1e-2) {
-                pick = i;
-                break;
-            }
-            if (kept > best_kept || best < 0) best_kept = kept, best = i;
-        }
-        if (pick < 0) pick = best;
-        const double kept = w->norm2[pick] > 0 ? 1 - w->projected[pick] / w->norm2[pick] : -1;
-        ok &= kept > 1000 * (double)p * eps;
-        w->norm2[pick] = -1;
-        for (int64_t j = 0; j < p; ++j) q[j] = w->xt[j * mp + pick];
-        for (int sweep = 0; sweep < 2; ++sweep) /* one sweep loses orthogonality; two suffice */
-            for (int64_t b = 0; b < pass; ++b) {
-                double dot = 0;
-                for (int64_t j = 0; j < p; ++j) dot += q[j] * basis[b * p + j];
-                for (int64_t j = 0; j < p; ++j) q[j] -= dot * basis[b * p + j];
-            }
-        double norm = 0;
-        for (int64_t j = 0; j < p; ++j) norm += q[j] * q[j];
-        norm = sqrt(norm);
-        norm = norm > tiny ? norm : tiny;
-        for (int64_t j = 0; j < p; ++j) basis[pass * p + j] = q[j] / norm;
-        for (int64_t i = 0; i < mp; i += 8) {
-            v8d c = {0};
-            for (int64_t j = 0; j < p; ++j) c += basis[pass * p + j] * *(const v8d *)(w->xt + j * mp + i);
-            *(v8d *)(w->projected + i) += c * c;
-        }
-    }
-    return ok;
-}
-
 typedef struct {
     const double *x, *y, *weight, *delta, *scale; /* scale NULL: estimate it */
     int64_t r0, r1, m, p, max_iter;
@@ -373,32 +229,6 @@ typedef struct {
     int64_t *iterations;
     uint8_t *converged, *rank_ok;
 } huber_job;
-
-/* Copies dataset `row` into the workspace; 0 if a present value is not finite. */
-static int load(workspace *w, const huber_job *job, int64_t row, int64_t *n)
-{
-    const int64_t m = w->m, mp = w->mp, p = w->p;
-    const double *x = job->x + row * m * p, *y = job->y + row * m, *weight = job->weight + row * m;
-    int64_t count = 0, bad = 0;
-    for (int64_t i = 0; i < m; ++i) {
-        const int64_t here = weight[i] > 0;
-        count += here;
-        w->present[i] = (double)here;
-        w->y[i] = y[i];
-        bad |= here & !(fabs(y[i]) <= DBL_MAX); /* nan or inf, without a branch */
-        for (int64_t j = 0; j < p; ++j) {
-            const double v = x[i * p + j];
-            w->xt[j * mp + i] = v;
-            bad |= here & !(fabs(v) <= DBL_MAX);
-        }
-    }
-    for (int64_t i = m; i < mp; ++i) { /* the padding: absent, all zero */
-        w->present[i] = w->y[i] = 0;
-        for (int64_t j = 0; j < p; ++j) w->xt[j * mp + i] = 0;
-    }
-    *n = count;
-    return !bad;
-}
 
 /* Aitken's jump of the scale iteration on a straight stretch: the rule of
  * lossfn.fit._huber._extrapolate, for one dataset. */
@@ -419,27 +249,29 @@ static void fit_one(workspace *w, const huber_job *job, int64_t row)
 {
     const int64_t p = w->p, mp = w->mp;
     double *beta = job->beta + row * p, *out_s = job->s + row;
-    double step[2][HUBER_PMAX], candidate[2][HUBER_PMAX], rhs[HUBER_PMAX];
+    double step[2][PMAX], candidate[2][PMAX], rhs[PMAX];
     int64_t n;
     job->converged[row] = 0;
     job->iterations[row] = job->max_iter;
-    if (!load(w, job, row, &n)) { /* nan or inf in a present point: no fit */
+    const int64_t m = w->m;
+    if (!load(w, job->x + row * m * p, job->y + row * m, job->weight + row * m, &n)) {
+        /* nan or inf in a present point: no fit */
         job->rank_ok[row] = 0;
         for (int64_t j = 0; j < p; ++j) beta[j] = NAN;
         *out_s = NAN;
         return;
     }
-    job->rank_ok[row] = (uint8_t)full_rank(w, job->eps, job->tiny);
+    job->rank_ok[row] = (uint8_t)independent_rows(w, job->eps, job->tiny, NULL, NULL);
 
     /* Start: least squares (present rows only: absent ones are zero). */
-    for (int64_t i = 0; i < mp; ++i) w->inlier[i] = 1, w->outlier[i] = 0;
-    weighted_grams(w, w->inlier, w->outlier, w->gram[0], w->gram[1]);
-    project(w, w->y, rhs);
+    for (int64_t i = 0; i < mp; ++i) INLIER(w)[i] = 1, OUTLIER(w)[i] = 0;
+    weighted_grams(w, INLIER(w), OUTLIER(w), w->gram[0], w->gram[1]);
+    project(w, Y(w), rhs);
     solve_spd(w->gram[0], rhs, p, w->factor, beta);
-    residuals(w, beta, w->r);
+    residuals(w, Y(w), beta, R(w));
     const int estimate = job->scale == NULL;
     middle last = {NAN, NAN, NAN};
-    double s = estimate ? mad_scale(w, w->r, n, &last) : job->scale[row];
+    double s = estimate ? mad_scale(w, R(w), n, &last) : job->scale[row];
     const double delta = job->delta[row], tol = job->tol;
     double rho = 0, safe = 1;
     int64_t run = 0;
@@ -449,29 +281,29 @@ static void fit_one(workspace *w, const huber_job *job, int64_t row)
         const v8d cv = (v8d){0} + c;
         /* Newton weights 1 on |r| <= c; IRLS adds c/|r| on the rest; psi = clip(r, -c, c). */
         for (int64_t i = 0; i < mp; i += 8) {
-            const v8d r = *(const v8d *)(w->r + i), a = vabs(r);
+            const v8d r = *(const v8d *)(R(w) + i), a = vabs(r);
             const v8di in = a <= cv;
-            *(v8d *)(w->inlier + i) = blend(in, (v8d){0} + 1.0, (v8d){0});
-            *(v8d *)(w->outlier + i) = blend(in, (v8d){0}, cv / a);
-            *(v8d *)(w->psi + i) = blend(r > cv, cv, blend(r < -cv, -cv, r));
+            *(v8d *)(INLIER(w) + i) = blend(in, (v8d){0} + 1.0, (v8d){0});
+            *(v8d *)(OUTLIER(w) + i) = blend(in, (v8d){0}, cv / a);
+            *(v8d *)(PSI(w) + i) = blend(r > cv, cv, blend(r < -cv, -cv, r));
         }
-        weighted_grams(w, w->inlier, w->outlier, w->gram[0], w->gram[1]);
+        weighted_grams(w, INLIER(w), OUTLIER(w), w->gram[0], w->gram[1]);
         for (int64_t k = 0; k < p * p; ++k) w->gram[1][k] += w->gram[0][k];
-        project(w, w->psi, rhs);
+        project(w, PSI(w), rhs);
         solve_spd(w->gram[0], rhs, p, w->factor, step[0]); /* Newton */
         solve_spd(w->gram[1], rhs, p, w->factor, step[1]); /* IRLS */
         /* The better (lower objective) of the two, with residuals from the data. */
         double value[2];
         for (int t = 0; t < 2; ++t) {
             for (int64_t j = 0; j < p; ++j) candidate[t][j] = beta[j] + step[t][j];
-            residuals(w, candidate[t], t == 0 ? w->trial : w->r);
-            value[t] = objective(w, t == 0 ? w->trial : w->r, c);
+            residuals(w, Y(w), candidate[t], t == 0 ? TRIAL(w) : R(w));
+            value[t] = objective(w, t == 0 ? TRIAL(w) : R(w), c);
         }
         const int newton = value[0] <= value[1];
         if (newton) {
-            double *swap = w->r;
-            w->r = w->trial;
-            w->trial = swap;
+            double *swap = R(w);
+            R(w) = TRIAL(w);
+            TRIAL(w) = swap;
         }
         const double *chosen = candidate[newton ? 0 : 1];
         double change = 0, size = 0;
@@ -484,7 +316,7 @@ static void fit_one(workspace *w, const huber_job *job, int64_t row)
         size = size < 1 ? 1 : size;
         double new_s = s;
         if (estimate) {
-            const double plain = mad_scale(w, w->r, n, &last);
+            const double plain = mad_scale(w, R(w), n, &last);
             new_s = extrapolate(plain - s, &rho, &safe, &run, plain);
         }
         const int settled = fabs(new_s - s) <= tol * s;
@@ -501,22 +333,10 @@ static void fit_one(workspace *w, const huber_job *job, int64_t row)
 static void *run_huber_job(void *arg)
 {
     const huber_job *job = arg;
-    const int64_t m = job->m, mp = (m + 7) / 8 * 8;
-    workspace *w = malloc(sizeof(workspace));
-    double *data = aligned_alloc(64, sizeof(double) * (size_t)mp * (size_t)(job->p + 12));
-    if (w == NULL || data == NULL) {
-        free(w);
-        free(data);
-        return (void *)1;
-    }
-    w->m = m, w->mp = mp, w->p = job->p;
-    w->xt = data;
-    double **vectors[] = {&w->y, &w->present, &w->r, &w->trial, &w->inlier,
-                          &w->outlier, &w->psi, &w->norm2, &w->projected, &w->sorted, &w->window, &w->spare};
-    for (int k = 0; k < 12; ++k) *vectors[k] = data + (job->p + k) * mp;
+    workspace *w = workspace_new(job->m, job->p);
+    if (w == NULL) return (void *)1;
     for (int64_t row = job->r0; row < job->r1; ++row) fit_one(w, job, row);
-    free(data);
-    free(w);
+    workspace_free(w);
     return NULL;
 }
 
@@ -525,19 +345,18 @@ static void *run_huber_job(void *arg)
  * tiny are those of the caller's dtype (the rank rule's and c's floor).
  * Outputs: beta (rows, p), s (rows), iterations (rows; max_iter if not
  * converged), converged and rank_ok (rows). Returns -1 if scratch memory ran
- * out or p > HUBER_PMAX (the outputs are then incomplete), else 0. */
+ * out or p > PMAX (the outputs are then incomplete), else 0. */
 int lossfn_huber(const double *x, const double *y, const double *weight, const double *delta,
                  const double *scale, int64_t rows, int64_t m, int64_t p, int64_t max_iter, double tol,
                  double eps, double tiny, double *beta, double *s, int64_t *iterations,
                  uint8_t *converged, uint8_t *rank_ok, int threads)
 {
-    if (p < 1 || p > HUBER_PMAX || m < 1) return -1;
+    if (p < 1 || p > PMAX || m < 1) return -1;
     huber_job jobs[MAX_THREADS];
     threads = thread_count(threads, rows);
-    const int64_t share = (rows + threads - 1) / threads;
     for (int t = 0; t < threads; ++t) {
-        const int64_t r0 = t * share < rows ? t * share : rows;
-        const int64_t r1 = r0 + share < rows ? r0 + share : rows;
+        int64_t r0, r1;
+        thread_share(rows, threads, t, &r0, &r1);
         jobs[t] = (huber_job){x, y, weight, delta, scale, r0, r1, m, p, max_iter, tol, eps, tiny,
                               beta, s, iterations, converged, rank_ok};
     }

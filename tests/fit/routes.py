@@ -1,4 +1,4 @@
-"""The two routes of ``fit.ols``, ``fit.standardized`` and ``fit.huber`` on the CPU, for the fit tests.
+"""The two routes of ``fit.ols``, ``fit.standardized``, ``fit.lad`` and ``fit.huber`` on the CPU, for the fit tests.
 
 A test module runs every test on both by importing the autouse fixture:
 ``from routes import route``.
@@ -9,7 +9,7 @@ import pytest
 import lossfn._native
 
 #: "native": the C kernels of lossfn._native (one predictor's moments, the
-#: Gram matrices of several, the Huber iteration), which fits take by
+#: Gram matrices of several, the LAD walk and the Huber iteration), which fits take by
 #: default on the CPU;
 #: "torch": the pure-torch path, which vmap, autograd and accelerators take.
 ROUTES = ["native", "torch"]

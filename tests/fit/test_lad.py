@@ -12,6 +12,7 @@ import lossfn
 from lossfn import ShapeError
 from lossfn.fit import LADFit, lad
 from lossfn.location import laplace_fit
+from routes import route  # noqa: F401 (autouse: every test on the native and the torch route)
 
 F64 = torch.float64
 
