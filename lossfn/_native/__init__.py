@@ -3,7 +3,7 @@
 torch runs a fit's passes one operator at a time: each one reads the data
 from memory and writes a temporary back. A kernel that makes every pass over
 one dataset while it is in cache reads the data once (``kernels.c``,
-``huber.c``):
+``huber.c``, ``lad.c``):
 
 * :func:`line_sums`, the centred moments of one predictor and the response
   (``fit.standardized``), and :func:`line_fit`, the same sums and the whole
@@ -18,17 +18,19 @@ one dataset while it is in cache reads the data once (``kernels.c``,
   route's batched Gram products at 1000 datasets of 500 points, less on short
   datasets, where the small algebra after the passes dominates (about even
   at 100 points with d = 20);
-* :func:`huber`, the whole iteration of ``fit.huber`` one dataset at a time,
-  each stopping when it has converged: 5-8x faster than the torch route, which
-  runs every dataset of a batch in lockstep for ``max_iter`` steps.
+* :func:`huber` and :func:`lad`, the whole iterations of ``fit.huber`` and
+  ``fit.lad`` one dataset at a time (``huber.c``, ``lad.c``, sharing
+  ``robust.h``), each stopping when it is done: 4-8x faster than the torch
+  route, which runs every dataset of a batch in lockstep for ``max_iter``
+  steps.
 
 (``benchmarks/fits.py`` and ``benchmarks/robust.py`` measure them against the
 pure-torch route.)
 
 The kernels are an accelerator for the plain eager case, never a requirement:
-:func:`line_sums`, :func:`line_fit`, :func:`centred_gram` and :func:`huber` return
-None, and the caller runs its pure-torch path, whenever the kernels cannot serve
-the call exactly:
+:func:`line_sums`, :func:`line_fit`, :func:`centred_gram`, :func:`huber` and
+:func:`lad` return None, and the caller runs its pure-torch path, whenever the
+kernels cannot serve the call exactly:
 
 * a ``torch.func`` transform is active (``vmap``, ``grad``, ...), autograd
   must record the call (backward or forward mode), or torch is tracing it

@@ -29,6 +29,11 @@ the routine has no data-dependent control flow and runs under ``torch.func.vmap`
 ``β`` is recomputed from its basis at every step, so no rounding accumulates.
 Memory is ``O(m·p)`` per dataset.
 
+On the CPU, outside ``torch.func`` transforms and autograd, the same walk runs
+in C, one dataset at a time while it is in cache (:func:`lossfn._native.lad`):
+the same rules step by step, but each dataset stops as soon as its
+certificate holds instead of running ``max_iter`` exchanges in lockstep.
+
 References:
     I. Barrodale, F. D. K. Roberts (1973), An improved algorithm for discrete
     l1 linear approximation, SIAM J. Numer. Anal. 10(5), 839–848.
@@ -205,7 +210,8 @@ def lad(
         trailing ``d`` for multiple regression).
 
     On the CPU a large batch runs in blocks of 256 datasets, whose working set
-    stays in cache; the result is the same as one call.
+    stays in cache (each dataset in C, see the module); the result is the same
+    as one call.
 
     Example:
         >>> import torch
