@@ -1001,3 +1001,18 @@ def test_ill_conditioned_datasets_get_the_second_pass(monkeypatch, route):
         np.testing.assert_allclose(params, ref.params, rtol=tol, atol=tol)
         np.testing.assert_allclose(res.stderr[b].numpy(), ref.bse, rtol=1e-6 if b == 5 else 1e-9)
         assert res.sigma2[b].item() == pytest.approx(ref.ssr / 60, rel=1e-6 if b == 5 else 1e-10)
+
+
+def test_several_predictors_at_an_offset_of_5e10_spreads_keep_their_digits(route):
+    # The torch route once left the first-pass mean's rounding in float64 (its
+    # effect is of second order, (eps·offset/spread)², which is 1e-10 here):
+    # coefficients off by 6e-11. Oracle: 40-digit least squares.
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((52, 6)) + 5e10
+    y = X @ rng.standard_normal(6) + rng.standard_normal(52)
+    mask = rng.random(52) < 0.8
+    coef, se, sigma2 = _mp_least_squares(X[mask], y[mask])
+    res = fit.ols(torch.tensor(X), torch.tensor(y), mask=torch.tensor(mask))
+    assert res.ok
+    assert _relative(res.slope.numpy(), coef[1:]) <= 1e-12
+    assert _relative(res.stderr.numpy()[1:], se[1:]) <= 1e-10
