@@ -373,3 +373,19 @@ def test_float32_at_scales_whose_squares_leave_float32(scale_x, scale_y):
         ours = np.abs(ys - fit.intercept[b].item() / scale_y
                       - fit.slope[b].item() * scale_x / scale_y * xs).sum()
         assert ours == pytest.approx(optimum, rel=1e-5)
+
+
+def test_default_cap_covers_degenerate_walks_at_large_m():
+    # Integer responses on an equally spaced design: degenerate vertices need
+    # about m/15 exchanges (67 at m = 1000); the default cap was once 24 there
+    # and left 27 of 64 such fits not ok. Oracle: the linear programme.
+    g = torch.Generator().manual_seed(1)
+    x = torch.arange(1000, dtype=torch.float64).expand(16, 1000)
+    y = torch.randint(0, 4, (16, 1000), generator=g).double()
+    fit = lad(x, y)
+    assert fit.ok.all()
+    for b in range(2):
+        A = np.c_[np.ones(1000), x[b].numpy()] / 1000.0  # unit scale for HiGHS
+        res = linprog(np.r_[0, 0, np.ones(2000)], A_eq=np.hstack([A, np.eye(1000), -np.eye(1000)]),
+                      b_eq=y[b].numpy(), bounds=[(None, None)] * 2 + [(0, None)] * 2000, method="highs")
+        assert fit.objective[b].item() == pytest.approx(res.fun, rel=1e-9)
