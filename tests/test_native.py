@@ -395,6 +395,13 @@ def test_a_default_device_elsewhere_changes_nothing():
         multi = fit.ols(x.unsqueeze(-1), y)
     torch.testing.assert_close(res.slope, _linregress_slopes(x, y), rtol=1e-12, atol=0)
     torch.testing.assert_close(multi.slope[:, 0], _linregress_slopes(x, y), rtol=1e-10, atol=0)
+    # The robust fits' kernels: against the same calls outside the device context.
+    for f in (fit.lad, fit.huber):
+        with torch.device("meta"):
+            elsewhere = f(x, y)
+        for a, b in zip(elsewhere, f(x, y)):
+            assert a.device.type == "cpu"
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_forward_mode_autograd_keeps_its_tangents():
