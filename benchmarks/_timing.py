@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
@@ -37,3 +38,18 @@ def interleaved_medians(
             fn()
             times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def torch_route(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the native kernels switched off for the duration of the call."""
+    def run():
+        before = os.environ.get("LOSSFN_NATIVE")
+        os.environ["LOSSFN_NATIVE"] = "0"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["LOSSFN_NATIVE"]
+            else:
+                os.environ["LOSSFN_NATIVE"] = before
+    return run

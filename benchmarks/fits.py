@@ -16,8 +16,9 @@ pure-torch route) against batched ``torch.linalg.lstsq`` with an intercept
 column, and one batched
 float64 Gram product of the prebuilt ``[1 X y]``: the work of one pass of a
 Gram-based solver (``fit.ols`` makes one, accumulated in float64, for float32
-data and for the float64 datasets where one pass keeps 12 digits, as these
-random designs do; the others, Filip's among them, get CholeskyQR2's second).
+data, and on the native route also for the float64 datasets where one pass
+keeps 12 digits, as these random designs do; the others, Filip's among them,
+and every float64 dataset on the torch route, get CholeskyQR2's second).
 
 Every number is the median of ``--repeats`` timed calls after one warm-up call,
 the peers of one row interleaved (``benchmarks/_timing.py``) so that machine
@@ -50,26 +51,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the clone's lossfn and the timing helpers
 
-from _timing import interleaved_medians  # noqa: E402
+from _timing import interleaved_medians, torch_route  # noqa: E402
 
 from lossfn import fit  # noqa: E402
 
 CLOCK: Callable[[], float] = time.perf_counter
-
-
-def torch_route(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the native kernels switched off for the duration of the call."""
-    def run():
-        before = os.environ.get("LOSSFN_NATIVE")
-        os.environ["LOSSFN_NATIVE"] = "0"
-        try:
-            return fn()
-        finally:
-            if before is None:
-                del os.environ["LOSSFN_NATIVE"]
-            else:
-                os.environ["LOSSFN_NATIVE"] = before
-    return run
 
 
 def timed(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:

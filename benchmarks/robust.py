@@ -6,7 +6,9 @@ divided by B); each peer fits the first ``subset`` datasets in a Python loop
 (time divided by ``subset``). Runs of one row group are interleaved
 (``benchmarks/_timing.py``) so that machine noise hits them alike; each number
 is a median over the repeats. The ratio column is the peer's time per fit over
-lossfn's. The accuracy column checks each peer's answers against lossfn's on the
+lossfn's; the "torch route" rows time lossfn's same call with the native
+kernels switched off (``LOSSFN_NATIVE=0``), the pure-torch code that
+``torch.func.vmap``, autograd and GPUs run. The accuracy column checks each peer's answers against lossfn's on the
 same datasets: for LAD the excess of the peer's Σ|r| over the exact optimum,
 for RLM the largest relative difference of the coefficients.
 
@@ -31,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import interleaved_medians  # noqa: E402
+from _timing import interleaved_medians, torch_route  # noqa: E402
 
 from lossfn.fit import huber, lad  # noqa: E402
 
@@ -129,13 +131,17 @@ def main() -> None:
             ("lossfn.fit.lad (batched)", lambda: lad(X, y), lad_fit, lad_peers),
             ("lossfn.fit.huber (batched)", lambda: huber(X, y), huber_fit, huber_peers),
         ):
-            runs = {name: ours}
+            route = name.replace("(batched)", "(torch route)")
+            runs = {name: ours, route: torch_route(ours)}
             for peer, fit_one in group.items():
                 runs[peer] = lambda f=fit_one: [f(Xn[b], yn[b]) for b in range(subset)]
             seconds = interleaved_medians(runs, repeats=repeats, warmup=1, clock=clock)
             mine = seconds[name] / B
             print(f"{d:>2}  {name:<44} {mine * 1e6:>8.1f} µs {'1.0':>8}  "
                   f"ok {int(result.ok.sum())}/{B}")
+            slow = seconds[route] / B
+            print(f"{d:>2}  {route:<44} {slow * 1e6:>8.1f} µs {slow / mine:>7.1f}x  "
+                  "pure torch: what vmap, autograd and GPUs run")
             for peer, fit_one in group.items():
                 theirs = seconds[peer] / subset
                 coefs = [fit_one(Xn[b], yn[b]) for b in range(subset)]

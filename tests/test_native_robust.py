@@ -260,3 +260,25 @@ def test_lad_nan_inf_threads_guard_pages_and_routing(monkeypatch):
     wide = torch.randn(2, 80, 64, generator=gen, dtype=F64)
     lad(wide, wide.sum(-1))
     assert served == [False, False]
+
+
+def test_constants_written_twice_agree():
+    # The kernels repeat a few of the Python side's constants as #defines.
+    import re
+    from pathlib import Path
+
+    from lossfn.fit import _lad
+    from lossfn.location import MAD_TO_SIGMA
+
+    here = Path(native.__file__).parent
+
+    def define(name, source):
+        found = re.search(rf"#define {name} ([0-9.eE+-]+)", (here / source).read_text())
+        assert found, name
+        return float(found.group(1))
+
+    assert define("MAD_TO_SIGMA", "huber.c") == MAD_TO_SIGMA
+    assert define("IRLS_STEPS", "lad.c") == _lad._IRLS_STEPS
+    assert define("NEAREST", "lad.c") == _lad._NEAREST
+    assert define("PMAX", "robust.h") == native.MAX_COEFFICIENTS
+    assert define("KMAX", "kernels.c") == native.MAX_COLUMNS

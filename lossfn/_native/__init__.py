@@ -25,7 +25,7 @@ one dataset while it is in cache reads the data once (``kernels.c``,
   steps.
 
 (``benchmarks/fits.py`` and ``benchmarks/robust.py`` measure them against the
-pure-torch route.)
+pure-torch route, side by side with the peers.)
 
 The kernels are an accelerator for the plain eager case, never a requirement:
 :func:`line_sums`, :func:`line_fit`, :func:`centred_gram`, :func:`huber` and
@@ -272,6 +272,14 @@ def _robust_threads(rows: int, m: int, p: int) -> int:
     """A dataset of 200 points and 2 coefficients takes ~10 µs: threads only
     for batches that keep each busy well past the cost of starting it."""
     return max(1, min(torch.get_num_threads(), rows * m * p // (1 << 15)))
+
+
+def serves_robust(coefficients: int, *tensors: Optional[torch.Tensor]) -> bool:
+    """True if :func:`huber` and :func:`lad` will serve a fit of ``coefficients``
+    coefficients on these inputs: the caller may then hand them the whole
+    batch at once (they keep each dataset in cache themselves, and share the
+    batch out over threads)."""
+    return 1 <= coefficients <= MAX_COEFFICIENTS and _eligible(*tensors) and available()
 
 
 def huber(

@@ -28,7 +28,7 @@ from typing import Optional
 __all__ = ["library"]
 
 HERE = Path(__file__).parent
-#: The C sources compiled into the library, then the header they share.
+#: The C sources compiled into the library, then the headers they share.
 SOURCES = [HERE / "kernels.c", HERE / "huber.c", HERE / "lad.c"]
 HEADERS = [HERE / "common.h", HERE / "robust.h"]
 FLAGS = ["-O3", "-fPIC", "-shared", "-pthread"]

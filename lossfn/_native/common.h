@@ -1,6 +1,6 @@
 /* What the native kernels share: vectors of 8 doubles and fanning rows out
- * over threads. Included by kernels.c and huber.c, compiled into one library
- * by lossfn._native._build. */
+ * over threads. Included by kernels.c, and by huber.c and lad.c through
+ * robust.h; compiled into one library by lossfn._native._build. */
 #ifndef LOSSFN_COMMON_H
 #define LOSSFN_COMMON_H
 
@@ -57,6 +57,14 @@ static int thread_count(int threads, int64_t rows)
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > rows) threads = (int)rows;
     return threads < 1 ? 1 : threads;
+}
+
+/* Rows [r0, r1) of `rows` for thread t of `threads`. */
+static inline void thread_share(int64_t rows, int threads, int t, int64_t *r0, int64_t *r1)
+{
+    const int64_t share = (rows + threads - 1) / threads;
+    *r0 = t * share < rows ? t * share : rows;
+    *r1 = *r0 + share < rows ? *r0 + share : rows;
 }
 
 /* Runs worker(jobs + t * size) for t < count: count - 1 new threads and the

@@ -1,7 +1,8 @@
 /* Native kernels of lossfn: fused passes over the data that torch would make
- * one operator (and one memory round trip) at a time. Two of them:
- * line_sums (one predictor) and centred_gram (several), below; the Huber
- * iteration is in huber.c.
+ * one operator (and one memory round trip) at a time. Here the least-squares
+ * ones: line_sums (one predictor), line_fit (the fit.ols record from its
+ * sums) and centred_gram (several predictors); the robust fits' are in
+ * huber.c and lad.c.
  *
  * line_sums: the centred moments of one predictor and the response, per
  * dataset (row), in one pass over memory. Each block of BLOCK points is read
@@ -11,10 +12,11 @@
  *      sums S_dx, S_dy, S_dxdx, S_dxdy, S_dydy;
  * which give the block's mean_x = c_x + S_dx/n, mean_y, and centred sums
  *   Sxx = S_dxdx - S_dx^2/n,  Sxy = S_dxdy - S_dx*S_dy/n,  Syy = S_dydy - S_dy^2/n;
- * the blocks' are merged pairwise (merge, below) into the row's. Everything
+ * the blocks' are merged one by one into the row's running sums (merge,
+ * below). Everything
  * is accumulated in double: float32 data are exact there, and their squares
  * neither over- nor underflow. Rounding grows with BLOCK/lanes within a block
- * and with the number of blocks across them. Absent points (mask 0) are
+ * and linearly with the number of blocks across them. Absent points (mask 0) are
  * cleared by a bit mask, not multiplied by 0: nan or inf there is never added.
  *
  * Compiled on first use by lossfn._native._build (cc -O3 -march=native).
@@ -26,10 +28,11 @@
 #define BLOCK 1024
 
 /* The two passes over a block of a row: sums of the present values (and
- * their count), then of the products of the centred present values. Vectors of 8 points, two at a time into two sets of sums (so the
- * additions' latency overlaps), then the last few, loaded without reading
- * past the row. Absent points and the lanes past the row are cleared by bit
- * masks, so nan or inf there is never added. */
+ * their count), then of the products of the centred present values. Vectors
+ * of 8 points, two at a time into two sets of sums (so the additions'
+ * latency overlaps), then the last few, loaded without reading past the row.
+ * Absent points and the lanes past the row are cleared by bit masks, so nan
+ * or inf there is never added. */
 #define FIRST_STEP(LOAD, J, S)                                                             \
     do {                                                                                   \
         v8d xv = LOAD(xr + (J)), yv = LOAD(yr + (J));                                      \
@@ -211,9 +214,9 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
 {
     line_job jobs[MAX_THREADS];
     threads = thread_count(threads, rows);
-    int64_t share = (rows + threads - 1) / threads;
     for (int t = 0; t < threads; ++t) {
-        int64_t r0 = t * share, r1 = r0 + share < rows ? r0 + share : rows;
+        int64_t r0, r1;
+        thread_share(rows, threads, t, &r0, &r1);
         jobs[t] = (line_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, out};
     }
     fan_out(run_line_job, (char *)jobs, sizeof jobs[0], threads);
@@ -542,9 +545,9 @@ int lossfn_centred_gram(int is_double, const void *x, int64_t x_row, const void 
     gram_job jobs[MAX_THREADS];
     if (d < 1 || d + 1 > KMAX) return -1;
     threads = thread_count(threads, rows);
-    int64_t share = (rows + threads - 1) / threads;
     for (int t = 0; t < threads; ++t) {
-        int64_t r0 = t * share, r1 = r0 + share < rows ? r0 + share : rows;
+        int64_t r0, r1;
+        thread_share(rows, threads, t, &r0, &r1);
         jobs[t] = (gram_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, d,
                              means_given, transform, means, out};
     }

@@ -32,7 +32,7 @@ static inline v8d blend(v8di mask, v8d a, v8d b)
 /* One dataset's scratch: the feature-major design and the per-point vectors,
  * all `mp` (points rounded up to 8) doubles long and 64-byte aligned, and
  * p x p matrices. Each kernel names the vectors it uses. */
-#define VECTORS 14
+#define VECTORS 12
 typedef struct {
     int64_t m, mp, p;
     double *xt; /* p x mp */
@@ -240,14 +240,6 @@ static inline int independent_rows(workspace *w, double eps, double tiny, const 
         }
     }
     return ok;
-}
-
-/* Rows [r0, r1) of `rows` for thread t of `threads`. */
-static inline void thread_share(int64_t rows, int threads, int t, int64_t *r0, int64_t *r1)
-{
-    const int64_t share = (rows + threads - 1) / threads;
-    *r0 = t * share < rows ? t * share : rows;
-    *r1 = *r0 + share < rows ? *r0 + share : rows;
 }
 
 #endif

@@ -259,8 +259,8 @@ def moments(data: Data) -> Moments:
     """Centred moments of one predictor and the response, and the line's residual norm.
 
     On the CPU, outside ``torch.func`` transforms and autograd, the sums come
-    from a native kernel (:mod:`lossfn._native`) that makes both passes while a
-    dataset is in cache and accumulates in float64 (float32 data included,
+    from a native kernel (:mod:`lossfn._native`) that makes both passes over
+    each block of a dataset while it is in cache and accumulates in float64 (float32 data included,
     which then need no units). Elsewhere, shifted sums: with ``c`` the
     first-pass mean and ``dx = x − c``, ``x̄ = c + Σdx/n``, ``Sxx = Σdx² −
     (Σdx)²/n``, ``Sxy = Σdx·dy − Σdx·Σdy/n``, and ``SSR = Syy − β̂·Sxy``; for

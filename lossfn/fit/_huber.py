@@ -157,10 +157,11 @@ def huber(
 ) -> HuberFit:
     r"""Huber M-estimate of a linear regression, many datasets at once.
 
-    See the module docstring for the estimator. Every dataset runs exactly
-    ``max_iter`` IRLS steps (no data-dependent control flow, so the call runs
-    under ``torch.func.vmap``); a dataset stops changing once converged, and
-    one that does not converge is flagged, never silently returned as if it had.
+    See the module docstring for the estimator. On the torch route every
+    dataset runs exactly ``max_iter`` steps (no data-dependent control flow, so
+    the call runs under ``torch.func.vmap``) and stands still once converged;
+    the native route (see the module) stops each dataset when it converges.
+    One that does not converge is flagged, never silently returned as if it had.
 
     Args:
         x: ``(..., m)`` for simple regression or ``(..., m, d)`` for multiple.
@@ -173,7 +174,7 @@ def huber(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit an intercept (default) or force the line through 0.
-        max_iter: iterations, the same for every dataset. Default 10 with a
+        max_iter: most iterations per dataset. Default 10 with a
             fixed scale (at most 6 seen on heavy-tailed data), 20 with an
             estimated one (at most 13 on the benchmark's data). Where the scale
             iteration crosses a repelling stretch it can need more (RLM then
@@ -193,8 +194,8 @@ def huber(
         ``β̂`` minimizes ``Σ ρ_ε(rᵢ/σ̂)``: it equals ``huber(x, y, delta=ε,
         scale=σ̂)`` up to the accuracy at which its L-BFGS stops (~1e-5).
 
-    On the CPU a large batch runs in blocks of 256 datasets, whose working set
-    stays in cache; the result is the same as one call.
+    On the CPU's torch route a large batch runs in blocks of 256 datasets,
+    whose working set stays in cache; the result is the same as one call.
 
     Example:
         >>> import torch
@@ -313,8 +314,7 @@ def _iterate(X, yy, w, masked, delta_t, scale, *, intercept, max_iter, tol):
         # weight is tiny and p = 2's det G = O(c²) underflows to 0, a zero
         # step. Both systems divided by the largest present weight give the
         # same steps (Newton's is scaled back below).
-        top = torch.where(present, irls, 0.0).amax(-1, keepdim=True) if present is not None \
-            else irls.amax(-1, keepdim=True)
+        top = (irls if present is None else irls.masked_fill(~present, 0.0)).amax(-1, keepdim=True)
         top = torch.where(top > 0, top, 1.0)
         steps = weighted_solves(X, Xt, products, torch.stack(
             [irls / top, irls.floor(), psi / top], dim=-2))  # (..., 2, p): IRLS, Newton

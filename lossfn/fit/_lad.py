@@ -199,22 +199,25 @@ def lad(
         mask: optional bool, broadcastable to ``(..., m)``; False marks points
             that do not exist (their values are never read).
         intercept: fit ``α`` (default) or force the line through the origin.
-        max_iter: most basis exchanges per dataset. The default
-            ``8 + 2p + m // 8`` for ``p`` coefficients and ``m`` points is about
-            twice the most seen on heavy-tailed, contaminated and integer data
-            (degenerate vertices, as integer responses on equally spaced or
-            integer designs give, need about ``m/15`` as ``m`` grows; other
-            data far fewer: about 5 at m = 200). Datasets that need more are
-            returned with ``ok=False``. The native route stops each dataset
-            when it is done; the torch route runs them all for ``max_iter``.
+        max_iter: most basis exchanges per dataset. Heavy-tailed and
+            contaminated data need few (about 5 at m = 200, d = 5); degenerate
+            vertices, as integer responses on equally spaced or integer
+            designs give, need about ``m/15`` as ``m`` grows. The native route
+            (see :mod:`lossfn.fit`) stops each dataset when it is done, and
+            its default ``8 + 2p + m // 8`` (``p`` coefficients, ``m``
+            points) is about twice the most seen on either. The torch route
+            runs every dataset for ``max_iter`` exchanges in lockstep, so its
+            default is the tighter ``8 + p·(2 + m // 150)``, twice what
+            non-degenerate data need: degenerate walks at m of 1000 and more
+            may then stop short. Datasets that need more are returned with
+            ``ok=False``, never silently: refit them with a larger ``max_iter``.
 
     Returns:
         :class:`LADFit` with fields of batch shape ``(...)`` (``slope`` has a
         trailing ``d`` for multiple regression).
 
-    On the CPU a large batch runs in blocks of 256 datasets, whose working set
-    stays in cache (each dataset in C, see the module); the result is the same
-    as one call.
+    On the CPU's torch route a large batch runs in blocks of 256 datasets,
+    whose working set stays in cache; the result is the same as one call.
 
     Example:
         >>> import torch
@@ -235,8 +238,7 @@ def _lad(x, y, *, mask, intercept, max_iter):
     std, simple = standardize("lad", x, y, mask, intercept)
     X, yy, w = std.design, std.response, std.weight
     p = X.shape[-1]
-    if max_iter is None:
-        max_iter = 8 + 2 * p + X.shape[-2] // 8
+    m = X.shape[-2]
     eps = torch.finfo(X.dtype).eps
     u_tol = eps ** 0.75  # rounding allowance of the certificate |u_j| <= 1
 
@@ -253,9 +255,10 @@ def _lad(x, y, *, mask, intercept, max_iter):
     # Masked points get response 1 in the walk (their rows are 0): see _exchange.
     walk_y = yy + eps ** (2 / 3) * xi * w + (1 - w)
 
-    native = _native.lad(X, yy, walk_y, w, max_iter=max_iter)
+    native = _native.lad(X, yy, walk_y, w, max_iter=8 + 2 * p + m // 8 if max_iter is None else max_iter)
     if native is None:
-        beta, objective, u_max, iterations, full_rank = _walk(X, yy, walk_y, w, max_iter=max_iter)
+        lockstep = 8 + p * (2 + m // 150) if max_iter is None else max_iter  # see lad's max_iter
+        beta, objective, u_max, iterations, full_rank = _walk(X, yy, walk_y, w, max_iter=lockstep)
     else:  # the same walk, dataset by dataset in C (lossfn/_native/lad.c)
         beta, objective, u_max, iterations, full_rank = native
         beta, objective, u_max = beta.to(X.dtype), objective.to(X.dtype), u_max.to(X.dtype)

@@ -288,7 +288,7 @@ def solve_grams(
     gram = grams[0]
     d = means.shape[-1]
     n = n.to(gram.dtype)
-    data_eps = _precision(gram.dtype, data_eps)[0]
+    data_eps = torch.finfo(gram.dtype).eps if data_eps is None else data_eps
     one_pass = len(grams) == 1
     live, scale = _scales(gram, means, n, data_eps)
     eye = torch.eye(d, dtype=gram.dtype, device=gram.device).expand(gram.shape[:-2] + (d, d))
