@@ -303,16 +303,16 @@ def _native_solution(data: Data, intercept: bool, data_eps: Optional[float]):
     solution = solve_grams((gram,), n, means[..., :d], data_eps=data_eps)
     if data_eps is not None:  # float32 data: one pass in float64 (lossfn.fit._solve)
         return means, solution
-    r0, info0, t, r0_inverse = first_factor(gram, means[..., :d], n, data.y.shape[-1],
-                                            torch.finfo(gram.dtype).eps)
+    r0, info0, transform, r0_inverse = first_factor(gram, means[..., :d], n, data.y.shape[-1],
+                                                    torch.finfo(gram.dtype).eps)
     again = ~one_pass_suffices(gram, n, r0, info0, r0_inverse)
     if not again.any():
         return means, solution
     # One dataset (batch shape ()): a batch of one, as views, so that indexing works alike.
-    lift = (lambda t: t.unsqueeze(0)) if again.dim() == 0 else (lambda t: t)
+    lift = (lambda v: v.unsqueeze(0)) if again.dim() == 0 else (lambda v: v)
     at = lift(again).nonzero(as_tuple=True)  # those datasets' data only: a copy of a few
-    x, y, present = (None if t is None else lift(t)[at] for t in (data.x, data.y, data.present))
-    second = centred_gram(x, y, present, means=lift(means)[at], transform=lift(t)[at])
+    x, y, present = (None if v is None else lift(v)[at] for v in (data.x, data.y, data.present))
+    second = centred_gram(x, y, present, means=lift(means)[at], transform=lift(transform)[at])
     if second is None:
         return None
     twice = solve_grams((lift(gram)[at], lift(r0)[at], second[1], lift(info0)[at]), lift(n)[at],
