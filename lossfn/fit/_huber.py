@@ -35,9 +35,9 @@ convergence: ``converged`` always rests on an exact median.
 
 On the CPU, outside ``torch.func`` transforms and autograd, the same iteration
 runs in C, one dataset at a time while it is in cache (:func:`lossfn._native.huber`):
-each dataset stops as soon as it has converged (here every dataset runs
-``max_iter`` steps, so that the call has no data-dependent control flow), and
-the median is an exact selection at every step. The paths differ by that; the
+each dataset stops as soon as it has converged (the torch route below runs
+every dataset for ``max_iter`` steps, so that it has no data-dependent control
+flow), and the median is an exact selection at every step. The paths differ by that; the
 fixed point, and so the fit, agree to the tolerance. Both routes are tested
 against statsmodels RLM.
 
