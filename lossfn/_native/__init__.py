@@ -245,6 +245,63 @@ def centred_gram(
     return means.view(batch + (k,)), out.view(batch + (k, k))
 
 
+def ols_record(
+    gram: torch.Tensor,
+    means: torch.Tensor,
+    n: torch.Tensor,
+    *,
+    intercept: bool,
+    dtype: torch.dtype,
+    data_eps: float,
+    one_pass_error: Optional[float],
+):
+    """The record of ``fit.ols`` with several predictors from :func:`centred_gram`'s
+    output (``ols.c``), or None.
+
+    ``gram`` (..., k, k) and ``means`` (..., k) float64 as :func:`centred_gram`
+    gives them (means of zeros without an intercept), ``n`` (...) the present
+    points; ``dtype`` the data's, which the fields take; ``data_eps`` the
+    data's precision. The solve is one Cholesky factorization of the scaled
+    Gram matrix, as :func:`lossfn.fit._solve.solve_grams` after one pass.
+    With ``one_pass_error`` (float64 data), the datasets that one pass does not
+    serve to that relative error are flagged (the rule of
+    :data:`lossfn.fit._solve.ONE_PASS_ERROR`); their fields are not final.
+    Returns ``((intercept, slope (..., d), sigma2, stderr (..., p), r2, ok),
+    again)``, ``again`` a bool tensor (...) or None without ``one_pass_error``;
+    None where the kernels cannot serve the call.
+    """
+    k = gram.shape[-1]
+    d = k - 1
+    if not 1 <= d < MAX_COLUMNS or not _eligible(gram, means, n):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    batch = gram.shape[:-2]
+    gram = gram.to(**_CPU64).reshape(-1, k, k).contiguous()
+    means = means.to(**_CPU64).reshape(-1, k).contiguous()
+    count = n.to(**_CPU64).expand(batch).reshape(-1).contiguous()
+    rows, p = gram.shape[0], d + int(intercept)
+    fields = torch.empty(rows * (3 + d + p), dtype=dtype, device="cpu")
+    ok = torch.empty(batch, dtype=torch.bool, device="cpu")
+    test = one_pass_error is not None
+    again = torch.zeros(batch, dtype=torch.bool, device="cpu") if test else None
+    # About k³/3 multiply-adds per dataset: threads only for ~100 µs of work each.
+    threads = max(1, min(torch.get_num_threads(), rows * k**3 // (1 << 18)))
+    status = lib.lossfn_ols_record(
+        gram.data_ptr(), means.data_ptr(), count.data_ptr(), rows, d, int(intercept),
+        int(dtype == torch.float64), data_eps, torch.finfo(dtype).tiny, int(test),
+        one_pass_error or 0.0, fields.data_ptr(), ok.data_ptr(),
+        None if again is None else again.data_ptr(), threads,
+    )
+    if status != 0:
+        return None
+    alpha, slope, sigma2, r2, stderr = fields.split([rows, rows * d, rows, rows, rows * p])
+    record = (alpha.view(batch), slope.view(batch + (d,)), sigma2.view(batch),
+              stderr.view(batch + (p,)), r2.view(batch), ok)
+    return record, again
+
+
 #: Arguments of the robust kernels: float64 on the CPU, whatever the default device is.
 _CPU64 = {"dtype": torch.float64, "device": "cpu"}
 

@@ -1,6 +1,6 @@
 """Build and load the native kernels' shared library (see :mod:`lossfn._native`).
 
-``cc -O3 -march=native`` compiles ``kernels.c``, ``huber.c`` and ``lad.c`` on first use
+``cc -O3 -march=native`` compiles ``kernels.c``, ``ols.c``, ``huber.c`` and ``lad.c`` on first use
 into a cache directory; the file's name holds a hash of the source, the
 compiler and the CPU, and a checksum written after each build keeps a
 truncated file (which would crash the process that loads it) from ever being
@@ -29,9 +29,9 @@ __all__ = ["library"]
 
 HERE = Path(__file__).parent
 #: The C sources compiled into the library, then the headers they share.
-SOURCES = [HERE / "kernels.c", HERE / "huber.c", HERE / "lad.c"]
+SOURCES = [HERE / "kernels.c", HERE / "ols.c", HERE / "huber.c", HERE / "lad.c"]
 HEADERS = [HERE / "common.h", HERE / "robust.h"]
-FLAGS = ["-O3", "-fPIC", "-shared", "-pthread"]
+FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno"]
 
 
 def _cache_dirs() -> list:
@@ -134,7 +134,7 @@ def _build(compiler: list, target: Path) -> Optional[str]:
             os.remove(partial)
 
 
-# The kernels' C signatures (kernels.c, huber.c, lad.c), for ctypes.
+# The kernels' C signatures (kernels.c, ols.c, huber.c, lad.c), for ctypes.
 _I, _I64, _F64, _P = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
     "lossfn_line_sums": (None, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _P, _I]),
@@ -142,6 +142,8 @@ _SIGNATURES = {
                                _P, _P, _P, _P, _I]),
     "lossfn_centred_gram": (_I, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _I, _P, _P,
                                  _P, _I]),
+    "lossfn_ols_record": (_I, [_P, _P, _P, _I64, _I64, _I, _I, _F64, _F64, _I, _F64, _P, _P, _P,
+                               _I]),
     "lossfn_huber": (_I, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F64, _F64, _F64,
                           _P, _P, _P, _P, _P, _I]),
     "lossfn_lad": (_I, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F64, _F64,

@@ -51,6 +51,9 @@ static inline double lane_sum(v8d v)
     return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
 }
 
+/* v rounded to the caller's dtype (float32 unless is_double). */
+static inline double in_dtype(int is_double, double v) { return is_double ? v : (double)(float)v; }
+
 /* Threads for `rows` datasets: at most `threads`, MAX_THREADS and `rows`, at least 1. */
 static int thread_count(int threads, int64_t rows)
 {

@@ -222,9 +222,6 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
     fan_out(run_line_job, (char *)jobs, sizeof jobs[0], threads);
 }
 
-/* v rounded to the caller's dtype (float32 unless is_double). */
-static inline double in_dtype(int is_double, double v) { return is_double ? v : (double)(float)v; }
-
 /* The record of fit.ols for one predictor with an intercept, from line_sums'
  * sums: the arithmetic of lossfn.fit._design._native_moments and
  * lossfn.fit._ols._simple/_finish, in double, each field rounded once to the

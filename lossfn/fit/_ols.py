@@ -22,10 +22,10 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_fit_options
-from .._native import centred_gram, line_fit
+from .._native import centred_gram, line_fit, ols_record
 from .._units import largest_abs, power_of_two_scale
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
-from ._solve import (centred_grams, first_factor, one_pass_suffices, padded_rows, points_last,
+from ._solve import (ONE_PASS_ERROR, centred_grams, first_factor, padded_rows, points_last,
                      solve_grams)
 
 __all__ = ["OLSFit", "ols"]
@@ -125,7 +125,8 @@ def ols(
 
 
 def _finish(
-    data: Data,
+    n: torch.Tensor,
+    simple: bool,
     alpha: torch.Tensor,
     beta: torch.Tensor,
     sigma2: torch.Tensor,
@@ -143,14 +144,13 @@ def _finish(
     outside the dtype's range (float32 data of scale below ~1e-19 or above
     ~1e19), and the fit stays ok.
     """
-    n = data.n
     # nan/inf anywhere in a present point reaches these: one check suffices.
-    slopes = beta if data.simple else beta.sum(-1)
+    slopes = beta if simple else beta.sum(-1)
     ok = full_rank & (n >= p) & torch.isfinite(alpha + slopes + residual_norm)
     # 0 for a good dataset, nan for a failed one: adding it leaves good values
     # bit-exact and turns every field of a failed one into nan.
     poison = torch.where(ok, 0.0, torch.nan).to(alpha.dtype)
-    per_coef = poison if data.simple else poison.unsqueeze(-1)
+    per_coef = poison if simple else poison.unsqueeze(-1)
     return OLSFit(
         alpha + poison, beta + per_coef, sigma2 + poison, stderr + poison.unsqueeze(-1),
         1 - unexplained + poison, n.to(torch.int64), ok,
@@ -184,7 +184,7 @@ def _simple(data: Data) -> OLSFit:
     # A slope below the dtype's normal range (x of 1e30, y of 1e-20 in float32) rounds to 0 or
     # a few bits, and α = ȳ − β·x̄ loses β·x̄, which is representable: not ok.
     varies = varies & ~((beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (mo.corr.abs() > 0))  # nan for constant y: slope exactly 0
-    return _finish(data, alpha, beta, mo.sigma2, stderr, mo.unexplained, 2, varies,
+    return _finish(data.n, True, alpha, beta, mo.sigma2, stderr, mo.unexplained, 2, varies,
                    mo.residual_norm)
 
 
@@ -213,8 +213,8 @@ def _simple_origin(data: Data) -> OLSFit:
     if scale_y is not None:
         sigma2, ssr_root = sigma2 / scale_y / scale_y, ssr_root / scale_y
     lost = (beta.abs() < torch.finfo(beta.dtype).tiny / 8) & (sxy != 0)  # sxy: no second pass
-    return _finish(data, torch.zeros_like(beta), beta, sigma2, stderr.unsqueeze(-1), unexplained,
-                   1, (sxx > 0) & torch.isfinite(sxx) & ~lost, ssr_root)
+    return _finish(data.n, True, torch.zeros_like(beta), beta, sigma2, stderr.unsqueeze(-1),
+                   unexplained, 1, (sxx > 0) & torch.isfinite(sxx) & ~lost, ssr_root)
 
 
 def _precision(x: torch.Tensor):
@@ -278,76 +278,88 @@ def _multiple_block(y, x, present, n, intercept: bool):
     return ((mean / unit)[..., : d + 1],) + grams + (unit[..., : d + 1],)
 
 
-def _native_solution(data: Data, intercept: bool, data_eps: Optional[float]):
-    """``(means, Solution)`` from the native kernel (:mod:`lossfn._native`), or
-    None where it cannot serve the call.
+def _native_fit(data: Data, intercept: bool, data_eps: Optional[float]) -> Optional[OLSFit]:
+    """The whole fit from the native kernels (:mod:`lossfn._native`), or None
+    where they cannot serve the call.
 
-    It forms each Gram matrix in float64 in one pass per dataset while the
-    dataset is in cache. That pass is all for float32 data, as on the torch
-    route, and for the float64 datasets where one pass keeps about 12 digits
-    (:func:`lossfn.fit._solve.one_pass_suffices`: well-conditioned designs,
-    responses neither nearly an exact fit nor nearly unrelated, data not so
-    small that their squares are subnormal); the others, the NIST designs
-    among them, get CholeskyQR2's second pass over their own data. Which
+    ``centred_gram`` forms each Gram matrix in float64 in one pass per
+    dataset while the dataset is in cache, and ``ols_record`` solves it and
+    makes the record, one dataset at a time. That pass is all for float32
+    data, as on the torch route, and for the float64 datasets where one pass
+    keeps about 12 digits (:data:`lossfn.fit._solve.ONE_PASS_ERROR`:
+    well-conditioned designs, responses neither nearly an exact fit nor
+    nearly unrelated, data not so small that their squares are subnormal);
+    the others, the NIST designs among them, get CholeskyQR2's second pass
+    over their own data, and their records from :func:`_record`. Which
     datasets those are is a decision on values, made here only: the kernels
     serve eager calls, never ``torch.func`` transforms, which take the torch
     route and its two passes for every dataset.
     """
-    d = data.x.shape[-1]
+    d, m = data.x.shape[-1], data.y.shape[-1]
     zeros = None if intercept else data.y.new_zeros(data.y.shape[:-1] + (d + 1,), dtype=torch.float64)
     first = centred_gram(data.x, data.y, data.present, means=zeros)
     if first is None:
         return None
     means, gram = first
-    n = data.n.to(torch.float64)
-    solution = solve_grams((gram,), n, means[..., :d], data_eps=data_eps)
-    if data_eps is not None:  # float32 data: one pass in float64 (lossfn.fit._solve)
-        return means, solution
-    r0, info0, transform, r0_inverse = first_factor(gram, means[..., :d], n, data.y.shape[-1],
-                                                    torch.finfo(gram.dtype).eps)
-    again = ~one_pass_suffices(gram, n, r0, info0, r0_inverse)
-    if not again.any():
-        return means, solution
+    float64 = data_eps is None
+    done = ols_record(gram, means, data.n, intercept=intercept, dtype=data.y.dtype,
+                      data_eps=torch.finfo(data.y.dtype).eps,
+                      one_pass_error=ONE_PASS_ERROR if float64 else None)
+    if done is None:
+        return None
+    record, again = done
+    fit = OLSFit(*record[:5], data.n.to(torch.int64), record[5])
+    if again is None or not again.any():
+        return fit
     # One dataset (batch shape ()): a batch of one, as views, so that indexing works alike.
     lift = (lambda v: v.unsqueeze(0)) if again.dim() == 0 else (lambda v: v)
     at = lift(again).nonzero(as_tuple=True)  # those datasets' data only: a copy of a few
     x, y, present = (None if v is None else lift(v)[at] for v in (data.x, data.y, data.present))
-    second = centred_gram(x, y, present, means=lift(means)[at], transform=lift(transform)[at])
+    gram, means, n = lift(gram)[at], lift(means)[at], lift(data.n)[at].to(torch.float64)
+    r0, info0, transform = first_factor(gram, means[..., :d], n, m, torch.finfo(gram.dtype).eps)
+    second = centred_gram(x, y, present, means=means, transform=transform)
     if second is None:
         return None
-    twice = solve_grams((lift(gram)[at], lift(r0)[at], second[1], lift(info0)[at]), lift(n)[at],
-                        lift(means)[at][..., :d])
-    for field, better in zip(solution, twice):
+    solution = solve_grams((gram, r0, second[1], info0), n, means[..., :d])
+    for field, better in zip(fit, _record(n, data.y.dtype, means, solution, intercept)):
         lift(field)[at] = better
-    return means, solution
+    return fit
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
-    n = data.n
-    d = data.x.shape[-1]
+    n, d = data.n, data.x.shape[-1]
     work, data_eps = _precision(data.x)
-    native = _native_solution(data, intercept, data_eps) if work == torch.float64 else None
+    if work == torch.float64:
+        native = _native_fit(data, intercept, data_eps)
+        if native is not None:
+            return native
+    # Blocks of datasets keep the centred copy in cache for the passes that
+    # follow, and spare the page faults of allocating it whole; the small
+    # algebra after them runs once, on the whole batch.
+    means, *grams = in_blocks(
+        lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
+        data.y, data.x, data.present, n,
+    )
+    # The float32 route's Gram matrices are in power-of-two units of the
+    # columns (see _multiple_block): X' = X·D, y' = y·u, D = diag(ux). Then
+    # β = D·β'/u, (XᵀX)⁻¹'s factor is D·C', SSR = SSR'/u²; everything in
+    # _record stays in the scaled units up to the last ratio, which cannot underflow.
     ux = uy = None
-    if native is not None:
-        means, sol = native
-    else:
-        # Blocks of datasets keep the centred copy in cache for the passes that
-        # follow, and spare the page faults of allocating it whole; the small
-        # algebra after them runs once, on the whole batch.
-        means, *grams = in_blocks(
-            lambda y, x, present, n: _multiple_block(y, x, present, n, intercept),
-            data.y, data.x, data.present, n,
-        )
-        # The float32 route's Gram matrices are in power-of-two units of the
-        # columns (see _multiple_block): X' = X·D, y' = y·u, D = diag(ux). Then
-        # β = D·β'/u, (XᵀX)⁻¹'s factor is D·C', SSR = SSR'/u²; everything below
-        # stays in the scaled units up to the last ratio, which cannot underflow.
-        if work != torch.float64:
-            *grams, unit = grams
-            ux, uy = unit[..., :d], unit[..., d]
-        # float64 for float32 data on the CPU: cast at the end
-        sol = solve_grams(tuple(grams), n, means[..., :d] if ux is None else means[..., :d] * ux,
-                          data_eps=data_eps)
+    if work != torch.float64:
+        *grams, unit = grams
+        ux, uy = unit[..., :d], unit[..., d]
+    # float64 for float32 data on the CPU: cast at the end
+    sol = solve_grams(tuple(grams), n, means[..., :d] if ux is None else means[..., :d] * ux,
+                      data_eps=data_eps)
+    return _record(n, data.y.dtype, means, sol, intercept, ux, uy)
+
+
+def _record(n: torch.Tensor, dtype: torch.dtype, means: torch.Tensor, sol, intercept: bool,
+            ux: Optional[torch.Tensor] = None, uy: Optional[torch.Tensor] = None) -> OLSFit:
+    """The :class:`OLSFit` of ``n`` points each from :func:`solve_grams`' solution,
+    in ``dtype``; ``means`` (..., d + 1) those the centring removed, ``ux`` and
+    ``uy`` the power-of-two units of the float32 route's columns, or None."""
+    d = sol.coef.shape[-1]
     n = n.to(sol.ssr.dtype)
     p = d + int(intercept)
     s2 = _unbiased(sol.ssr, n, p).unsqueeze(-1)
@@ -378,10 +390,10 @@ def _multiple(data: Data, intercept: bool) -> OLSFit:
         alpha = torch.zeros_like(sol.ssr)
         stderr = se_slope
     alpha, coef, sigma2, stderr, unexplained, residual_norm = (
-        v.to(data.y.dtype) for v in (alpha, coef, sigma2, stderr, unexplained, residual_norm)
+        v.to(dtype) for v in (alpha, coef, sigma2, stderr, unexplained, residual_norm)
     )
     # A coefficient below the dtype's normal range rounds to 0 or a few bits (and the
     # intercept of the float32 routes loses its share): not ok.
     lost = ((coef.abs() < torch.finfo(coef.dtype).tiny / 8) & (scaled_coef != 0)).any(-1)
-    return _finish(data, alpha, coef, sigma2, stderr, unexplained, p, sol.full_rank & ~lost,
+    return _finish(n, False, alpha, coef, sigma2, stderr, unexplained, p, sol.full_rank & ~lost,
                    residual_norm)

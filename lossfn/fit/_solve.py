@@ -31,7 +31,7 @@ and scaling, where ``κ²·eps ≫ 1``; every other NIST design has ``κ ≤ 2e3
 Skipping it for the others is a branch on values: this batched route, which
 ``torch.func`` transforms run, makes both passes for every dataset; the
 native route of :mod:`lossfn.fit._ols` skips it for the float64 datasets
-where one pass keeps 12 digits (:func:`one_pass_suffices`). Iterative
+where one pass keeps 12 digits (:data:`ONE_PASS_ERROR`). Iterative
 refinement on top (``β ← β + T G₁⁻¹ Tᵀ Xᵀ(b − Xβ)``) was tried and left out:
 with a working-precision residual it changed no NIST LRE by more than its own
 noise.
@@ -65,7 +65,7 @@ import torch
 
 from ._design import noise_floor, packed_symmetric_index
 
-__all__ = ["Solution", "centred_grams", "first_factor", "one_pass_suffices", "solve_grams",
+__all__ = ["Solution", "ONE_PASS_ERROR", "centred_grams", "first_factor", "solve_grams",
            "padded_rows", "points_last"]
 
 
@@ -201,7 +201,7 @@ def centred_grams(
         return (gram,)
     # CholeskyQR2 of the augmented [X b]: R's last column gives the
     # coefficients and R_bb = ‖b − Xβ‖ (see solve_grams).
-    r0, info0, t, _ = first_factor(gram, means, n, m, data_eps)
+    r0, info0, t = first_factor(gram, means, n, m, data_eps)
     # Q₁ᵀ = Tᵀ·[X b]ᵀ, padded with zeros like aug: one more pass over the data.
     t_pad = torch.nn.functional.pad(t, (0, kp - k, 0, kp - k))
     q_aug = t_pad.mT @ aug if rows_first else _times_upper(aug, t_pad)
@@ -212,7 +212,7 @@ def centred_grams(
 
 def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: int,
                  data_eps: float) -> Tuple[torch.Tensor, ...]:
-    """``(R₀, info₀, T, R₀⁻¹)``: CholeskyQR2's first factor from the first pass's Gram matrix.
+    """``(R₀, info₀, T)``: CholeskyQR2's first factor from the first pass's Gram matrix.
 
     ``R₀ᵀR₀ = S·G·S + s·I`` with the scales ``S`` that give the columns unit
     norm and the shift ``s`` of shifted CholeskyQR (module docs; ``m`` points,
@@ -227,49 +227,32 @@ def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: in
     shift = 11 * (m * k + k * (k + 1)) * eps * k
     r0, info0 = torch.linalg.cholesky_ex(gram_scaled + shift * eye, upper=True)
     r0_inverse = torch.linalg.solve_triangular(r0, eye.expand_as(r0), upper=True)
-    return r0, info0, scale.unsqueeze(-1) * r0_inverse, r0_inverse
+    return r0, info0, scale.unsqueeze(-1) * r0_inverse
 
 
-#: The bound on one pass's relative errors under which the caller may take it
-#: for float64 data (:func:`one_pass_suffices`): 2⁻⁴² ≈ 2.3e-13. Measured
-#: errors stay below about 1e-12 (12 significant digits) where CholeskyQR2
-#: keeps up to about 15; the bounds' constants are left out, hence the margin.
+#: The bound on one pass's relative errors under which the native route of
+#: :mod:`lossfn.fit._ols` takes it for float64 data: 2⁻⁴² ≈ 2.3e-13. One pass
+#: solves the normal equations of ``A = [X b]·S`` (unit-norm columns); with
+#: the factor ``[[R, r], [0, ρ]]`` of ``AᵀA``, ``F = R⁻¹`` and the scaled
+#: coefficients ``β_s = F·r``:
+#:
+#: * the coefficients and their standard errors err by about ``eps·κ(A_x)²``
+#:   absolute, ``eps·κ(A_x)²/‖β_s‖`` relative (a small ``β_s`` is a weak
+#:   regression), with ``κ(A_x)² ≤ ‖A_x‖_F²·‖F‖_F² = d·‖F‖_F²``;
+#: * ``SSR`` errs by about ``eps·(1 + ‖β_s‖²)/ρ²`` relative (the cancellation
+#:   in ``‖b‖² − ‖Q₁ᵀb‖²``);
+#: * the Gram matrix itself must be exact to ``eps``: no column may be so
+#:   small that its squares are subnormal (data below about ``1e-154``), which
+#:   rounds them absolutely; ``G_jj ≥ n·tiny/eps`` keeps that error below ``eps²``.
+#:
+#: One pass is taken where both relative errors are at most this bound and
+#: the Gram matrix is exact (``ols.c`` applies the rule, dataset by dataset).
+#: A well-conditioned design with a response that is neither nearly an exact
+#: fit nor nearly unrelated to it (random data: ``κ ≈ 1.5``) passes; the NIST
+#: designs (Longley, Pontius, Wampler, Filip) do not. Measured errors stay
+#: below about 1e-12 (12 significant digits) where CholeskyQR2 keeps up to
+#: about 15; the bounds' constants are left out, hence the margin.
 ONE_PASS_ERROR = 2.0**-42
-
-
-def one_pass_suffices(gram: torch.Tensor, n: torch.Tensor, r0: torch.Tensor, info0: torch.Tensor,
-                      r0_inverse: torch.Tensor) -> torch.Tensor:
-    """``(...)`` bool: where one pass gives the least-squares fit to :data:`ONE_PASS_ERROR`.
-
-    From the first pass's Gram matrix ``G`` of ``n`` points and
-    :func:`first_factor`'s ``R₀`` (of ``A = [X b]·S``, unit-norm columns) and
-    ``R₀⁻¹``. One pass solves the normal equations of ``A``; with
-    ``A_x``'s scaled coefficients ``β_s`` and ``ρ² = SSR/‖b‖²``:
-
-    * the coefficients and their standard errors err by about ``eps·κ(A_x)²``
-      absolute, ``eps·κ(A_x)²/‖β_s‖`` relative (a small ``β_s`` is a weak
-      regression), with ``κ(A_x)² ≤ ‖A_x‖_F²·‖R_xx⁻¹‖_F² = d·‖R_xx⁻¹‖_F²``;
-    * ``SSR`` errs by about ``eps·(1 + ‖β_s‖²)/ρ²`` relative (the cancellation
-      in ``‖b‖² − ‖Q₁ᵀb‖²``), which is ``eps·‖R₀⁻¹[:, d]‖²``: that column of
-      ``R₀⁻¹`` is ``(−β_s, 1)/ρ``;
-    * ``G`` itself must be exact to ``eps``: no column may be so small that
-      its squares are subnormal (data below about ``1e-154``), which rounds
-      them absolutely; ``G_jj ≥ n·tiny/eps`` keeps that error below ``eps²``.
-
-    (The shift of ``R₀`` is far below the threshold.) A well-conditioned
-    design with a response that is neither nearly an exact fit nor nearly
-    unrelated to it (random data: ``κ ≈ 1.5``) passes; the NIST designs
-    (Longley, Pontius, Wampler, Filip) do not.
-    """
-    d = r0.shape[-1] - 1
-    info = torch.finfo(r0.dtype)
-    design = info.eps * d * r0_inverse[..., :d, :d].square().sum((-2, -1))
-    last = r0_inverse[..., :, d]
-    beta_norm = r0[..., d, d] * last[..., :d].norm(dim=-1)  # ‖β_s‖ = ρ·‖R₀⁻¹[:d, d]‖
-    ssr = info.eps * last.square().sum(-1)
-    exact = (torch.diagonal(gram, dim1=-2, dim2=-1) >= (n * info.tiny / info.eps).unsqueeze(-1)).all(-1)
-    return ((info0 == 0) & exact & (design <= ONE_PASS_ERROR * beta_norm.clamp(max=1))
-            & (ssr <= ONE_PASS_ERROR))
 
 
 def solve_grams(

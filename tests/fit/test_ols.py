@@ -932,7 +932,7 @@ def _relative(a, b):
     return np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max()
 
 
-def test_one_pass_is_taken_only_where_it_keeps_twelve_digits(route):
+def test_one_pass_is_taken_only_where_it_keeps_twelve_digits(route, monkeypatch):
     # The rule that lets float64 datasets skip CholeskyQR2's second pass, and
     # the fits themselves, against 40-digit least squares: over a grid of
     # collinearity and fit quality, every one-pass dataset keeps 12 digits in
@@ -940,7 +940,8 @@ def test_one_pass_is_taken_only_where_it_keeps_twelve_digits(route):
     # found to slip through an earlier rule: a design near the limit with
     # r2 = 0.9996 (sigma2 off by 8e-10), a weak regression (r2 = 1e-3), and a
     # column of 1e-160, whose squares are subnormal (slopes off by 1e-5).
-    from lossfn.fit._solve import first_factor, one_pass_suffices
+    from lossfn._native import ols_record
+    from lossfn.fit._solve import ONE_PASS_ERROR
 
     g = torch.Generator().manual_seed(21)
     B, m, d = 60, 80, 4
@@ -954,8 +955,11 @@ def test_one_pass_is_taken_only_where_it_keeps_twelve_digits(route):
     Z = Z - Z.mean(-2, keepdim=True)
     gram = Z.mT @ Z
     n = torch.full((B,), float(m), dtype=torch.float64)
-    r0, info0, _, r0_inverse = first_factor(gram, Z.new_zeros(B, d), n, m, 2.0**-52)
-    once = one_pass_suffices(gram, n, r0, info0, r0_inverse)
+    with monkeypatch.context() as native:  # the rule lives in the kernel (ols.c)
+        native.delenv("LOSSFN_NATIVE", raising=False)
+        _, again = ols_record(gram, Z.new_zeros(B, d + 1), n, intercept=True,
+                              dtype=torch.float64, data_eps=2.0**-52, one_pass_error=ONE_PASS_ERROR)
+    once = ~again
     assert 4 <= once.sum() <= B - 4  # both kinds are there
     rng = np.random.default_rng(0)
     z, w = rng.standard_normal(100), rng.standard_normal(100)
