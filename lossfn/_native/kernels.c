@@ -306,44 +306,79 @@ void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y,
 #define CHUNK 256
 
 
-/* acc(8 rows x W vectors) += sum over the chunk's points of z[r0 + r] * z[8 c0 + 8 c ...]. */
-#define DEFINE_TILE(NAME, W)                                                               \
+/* The next row's x and y, to be fetched into the cache while the current
+ * row's second pass runs on data that are there already: the hardware
+ * prefetchers see only the current row's stream. `done` bytes are fetched.
+ * Only rows of up to PREFETCH_ROW bytes, which fit in L1 beside the scratch:
+ * 1000 rows of 500 points, d = 5, from a cold cache, 15-20% faster; rows of
+ * d = 20 in float64 (84 KB) were 5-10% slower. */
+#define PREFETCH_ROW (32 << 10)
+typedef struct {
+    const char *x, *y;
+    int64_t x_bytes, y_bytes, done;
+} upcoming;
+
+/* Fetch the share of the upcoming row that `points` of this row's m points
+ * stand for (a cache line at a time, x and then y). A fetch never faults. */
+static inline void prefetch_share(upcoming *u, int64_t points, int64_t m)
+{
+    const int64_t total = u->x_bytes + u->y_bytes;
+    const int64_t until = u->done + (total * points + m - 1) / m + 64;
+    for (; u->done < until && u->done < total; u->done += 64)
+        __builtin_prefetch(u->done < u->x_bytes ? u->x + u->done : u->y + (u->done - u->x_bytes));
+}
+
+/* acc(R rows x W vectors) += sum over the chunk's points of z[r0 + r] * z[8 c0 + 8 c ...]. */
+#define DEFINE_TILE(NAME, W, R)                                                            \
     static void NAME(const double *z, int64_t points, int64_t kp, int64_t r0, int64_t c0,  \
                      double *gram)                                                         \
     {                                                                                      \
-        v8d acc[8][W];                                                                     \
-        for (int r = 0; r < 8; ++r)                                                        \
+        v8d acc[R][W];                                                                     \
+        for (int r = 0; r < R; ++r)                                                        \
             for (int c = 0; c < W; ++c) acc[r][c] = (v8d){0};                              \
         for (int64_t t = 0; t < points; ++t) {                                             \
             const double *zt = z + t * kp;                                                 \
             v8d col[W];                                                                    \
             for (int c = 0; c < W; ++c) col[c] = *(const v8d *)(zt + 8 * (c0 + c));        \
-            for (int r = 0; r < 8; ++r) {                                                  \
+            for (int r = 0; r < R; ++r) {                                                  \
                 const double s = zt[r0 + r];                                               \
                 for (int c = 0; c < W; ++c) acc[r][c] += s * col[c];                       \
             }                                                                              \
         }                                                                                  \
-        for (int r = 0; r < 8; ++r)                                                        \
+        for (int r = 0; r < R; ++r)                                                        \
             for (int c = 0; c < W; ++c) {                                                  \
                 double *g = gram + (r0 + r) * kp + 8 * (c0 + c);                           \
                 for (int l = 0; l < 8; ++l) g[l] += acc[r][c][l];                          \
             }                                                                              \
     }
 
-DEFINE_TILE(tile1, 1)
-DEFINE_TILE(tile2, 2)
-DEFINE_TILE(tile3, 3)
+DEFINE_TILE(tile2, 2, 8)
+DEFINE_TILE(tile3, 3, 8)
+/* The last row block is the diagonal's, one vector wide; its rows past k are
+ * the zero padding, whose products are not worth making (2 of 8 at k = 6). */
+DEFINE_TILE(tile1_1, 1, 1)
+DEFINE_TILE(tile1_2, 1, 2)
+DEFINE_TILE(tile1_3, 1, 3)
+DEFINE_TILE(tile1_4, 1, 4)
+DEFINE_TILE(tile1_5, 1, 5)
+DEFINE_TILE(tile1_6, 1, 6)
+DEFINE_TILE(tile1_7, 1, 7)
+DEFINE_TILE(tile1_8, 1, 8)
+typedef void (*tile_fn)(const double *, int64_t, int64_t, int64_t, int64_t, double *);
+static const tile_fn TILE1[8] = {tile1_1, tile1_2, tile1_3, tile1_4,
+                                 tile1_5, tile1_6, tile1_7, tile1_8};
 
-/* gram (kp x kp, upper block triangle) += the chunk's product z^T z. */
-static void chunk_gram(const double *z, int64_t points, int64_t kp, double *gram)
+/* gram (kp x kp, upper block triangle; rows past k stay 0) += the chunk's product z^T z. */
+static void chunk_gram(const double *z, int64_t points, int64_t kp, int64_t k, double *gram)
 {
     const int64_t vectors = kp / 8;
     for (int64_t rb = 0; rb < vectors; ++rb)
         for (int64_t c0 = rb; c0 < vectors; c0 += 3) {
             int64_t w = vectors - c0 < 3 ? vectors - c0 : 3;
+            const int64_t rows = k - 8 * rb < 8 ? k - 8 * rb : 8;
             if (w == 3) tile3(z, points, kp, 8 * rb, c0, gram);
             else if (w == 2) tile2(z, points, kp, 8 * rb, c0, gram);
-            else tile1(z, points, kp, 8 * rb, c0, gram);
+            else TILE1[rows - 1](z, points, kp, 8 * rb, c0, gram);
         }
 }
 
@@ -427,7 +462,7 @@ DEFINE_POINT(point_f64, double, load8_f64)
 #define DEFINE_GRAM(NAME, T, NV, POINT, MEANS)                                              \
     static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
                      int given, const double *tr, double *mean, double *g, double *z,      \
-                     double *q, double *block, double *total)                              \
+                     double *q, double *block, double *total, upcoming *next)              \
     {                                                                                      \
         enum { KP = 8 * NV };                                                              \
         const int64_t k = d + 1;                                                           \
@@ -478,7 +513,8 @@ DEFINE_POINT(point_f64, double, load8_f64)
             for (int c = 0; c < NV; ++c) shift[c] += part[c];                              \
             if (tr) chunk_transform(z, points, KP, k, (const double *)trv, q);             \
             for (int64_t i = 0; i < KP * KP; ++i) block[i] = 0;                            \
-            chunk_gram(tr ? q : z, points, KP, block);                                     \
+            chunk_gram(tr ? q : z, points, KP, k, block);                                  \
+            prefetch_share(next, points, m);                                               \
             for (int64_t i = 0; i < KP * KP; ++i) total[i] += block[i];                    \
         }                                                                                  \
         /* Computed means are off by the rounding of their sums (15-30 eps of a      \
@@ -589,7 +625,7 @@ DEFINE_COLUMN_LOAD(column_load_f64, double)
 #define DEFINE_COLUMNS(NAME, T, D, LOAD)                                                    \
     static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
                      int given, const double *tr, double *mean, double *g, double *z,      \
-                     double *q, double *block, double *total)                              \
+                     double *q, double *block, double *total, upcoming *next)              \
     {                                                                                      \
         enum { K = D + 1 };                                                                \
         (void)d, (void)q, (void)block;                                                     \
@@ -635,6 +671,7 @@ DEFINE_COLUMN_LOAD(column_load_f64, double)
                 }                                                                          \
             }                                                                              \
             column_gram(z, vectors, K, total);                                             \
+            prefetch_share(next, points, m);                                               \
         }                                                                                  \
         /* as DEFINE_GRAM: the computed means' rounding removed, G mirrored */           \
         const int correct = !given && n > 0;                                               \
@@ -658,7 +695,7 @@ DEFINE_COLUMNS_OF(4)
 
 typedef void (*gram_fn)(const void *, const void *, const uint8_t *, int64_t, int64_t, int,
                         const double *, double *, double *, double *, double *, double *,
-                        double *);
+                        double *, upcoming *);
 static const gram_fn GRAMS[2][8] = { /* by KP / 8 - 1 */
     {(gram_fn)gram_f32_1, (gram_fn)gram_f32_2, (gram_fn)gram_f32_3, (gram_fn)gram_f32_4,
      (gram_fn)gram_f32_5, (gram_fn)gram_f32_6, (gram_fn)gram_f32_7, (gram_fn)gram_f32_8},
@@ -694,11 +731,17 @@ static void *run_gram_job(void *arg)
     memset(z, 0, sizeof(double) * doubles);
     double *q = z + rows * kp, *block = q + rows * kp, *total = block + kp * kp;
     gram_fn gram = k <= COLUMNS_MAX ? COLUMNS[j->is_double][k - 2] : GRAMS[j->is_double][kp / 8 - 1];
-    for (int64_t r = j->r0; r < j->r1; ++r)
+    for (int64_t r = j->r0; r < j->r1; ++r) {
+        /* the next row's data, fetched while this one's Gram pass runs on cached data */
+        const int fetch = r + 1 < j->r1 && j->m * k * (int64_t)size <= PREFETCH_ROW;
+        upcoming next = {(const char *)j->x + (r + 1) * j->x_row * size,
+                         (const char *)j->y + (r + 1) * j->y_row * size,
+                         fetch ? j->m * j->d * (int64_t)size : 0, fetch ? j->m * (int64_t)size : 0, 0};
         gram((const char *)j->x + r * j->x_row * size, (const char *)j->y + r * j->y_row * size,
              j->mask ? j->mask + r * j->mask_row : NULL, j->m, j->d, j->means_given,
              j->transform ? j->transform + r * k * k : NULL, j->means + r * k, j->out + r * k * k,
-             z, q, block, total);
+             z, q, block, total, &next);
+    }
     free(z);
     return NULL;
 }
