@@ -64,8 +64,8 @@ import torch
 
 from ._build import library as _library
 
-__all__ = ["available", "line_sums", "line_fit", "centred_gram", "huber", "lad", "MAX_COLUMNS",
-           "MAX_COEFFICIENTS"]
+__all__ = ["available", "line_sums", "line_fit", "centred_gram", "ols_record", "ols_fit", "huber",
+           "lad", "MAX_COLUMNS", "MAX_COEFFICIENTS"]
 
 #: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in kernels.c).
 MAX_COLUMNS = 64
@@ -187,25 +187,13 @@ def line_fit(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
             r2.view(batch), count, ok)
 
 
-def centred_gram(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    present: Optional[torch.Tensor],
-    *,
-    means: Optional[torch.Tensor] = None,
-    transform: Optional[torch.Tensor] = None,
-):
-    """Gram matrices of the centred ``[X y]``, per dataset, or None.
-
-    ``x`` (..., m, d), ``y`` (..., m) of one dtype, ``present`` None or bool
-    (..., m), batch dims broadcast already. With ``z_t = [x_t y_t] − means``
-    over the present points and ``q_t = Tᵀz_t``, returns float64
-    ``(means (..., k), Σ q_t q_tᵀ (..., k, k))``, ``k = d + 1``: ``means`` are
-    the column means unless given (zeros: no centring), ``T`` (..., k, k) is
-    upper triangular, the identity unless given (the second pass of
-    CholeskyQR2, :mod:`lossfn.fit._solve`). None where the kernels cannot
-    serve the call (see the module) or ``k`` exceeds :data:`MAX_COLUMNS`.
-    """
+def _gram_call(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor],
+               means: Optional[torch.Tensor], transform: Optional[torch.Tensor]):
+    """``(library, data arguments, means, out, threads)`` for the Gram kernels
+    (``centred_gram``, ``ols_fit``), or None where they cannot serve the call.
+    The data arguments are dtype, x (rows, m, d), y and the mask as pointers
+    and row strides, rows, m, d and whether the means are given; ``means``
+    (rows, k) and ``out`` (rows, k, k) are the float64 tensors they write."""
     m, d = x.shape[-2], x.shape[-1]
     if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype or m == 0:
         return None
@@ -225,24 +213,110 @@ def centred_gram(
     if lib is None:
         return None
     rows, k = fy.shape[0], d + 1
-    batch = y.shape[:-1]
     given = means is not None
     cpu64 = {"dtype": torch.float64, "device": "cpu"}  # not the default device
     means = (torch.empty(rows, k, **cpu64) if means is None
              else means.to(**cpu64).reshape(rows, k).contiguous())
-    if transform is not None:
-        transform = transform.to(**cpu64).reshape(rows, k, k).contiguous()
     out = torch.empty(rows, k, k, **cpu64)
+    arguments = (int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(),
+                 fy.stride(0), None if fm is None else fm.data_ptr(),
+                 0 if fm is None else fm.stride(0), rows, m, d, int(given))
     threads = max(1, min(torch.get_num_threads(), rows * m * k // (1 << 16)))
+    return lib, arguments, means, out, threads
+
+
+def centred_gram(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    present: Optional[torch.Tensor],
+    *,
+    means: Optional[torch.Tensor] = None,
+    transform: Optional[torch.Tensor] = None,
+):
+    """Gram matrices of the centred ``[X y]``, per dataset, or None.
+
+    ``x`` (..., m, d), ``y`` (..., m) of one dtype, ``present`` None or bool
+    (..., m), batch dims broadcast already. With ``z_t = [x_t y_t] − means``
+    over the present points and ``q_t = Tᵀz_t``, returns float64
+    ``(means (..., k), Σ q_t q_tᵀ (..., k, k))``, ``k = d + 1``: ``means`` are
+    the column means unless given (zeros: no centring), ``T`` (..., k, k) is
+    upper triangular, the identity unless given (the second pass of
+    CholeskyQR2, :mod:`lossfn.fit._solve`; only with given means). None where
+    the kernels cannot serve the call (see the module) or ``k`` exceeds
+    :data:`MAX_COLUMNS`.
+    """
+    call = _gram_call(x, y, present, means, transform)
+    if call is None:
+        return None
+    lib, arguments, means, out, threads = call
+    rows, k = out.shape[:2]
+    if transform is not None:
+        transform = transform.to(dtype=torch.float64, device="cpu").reshape(rows, k, k).contiguous()
     status = lib.lossfn_centred_gram(
-        int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(), fy.stride(0),
-        None if fm is None else fm.data_ptr(), 0 if fm is None else fm.stride(0), rows, m, d,
-        int(given), None if transform is None else transform.data_ptr(), means.data_ptr(),
+        *arguments, None if transform is None else transform.data_ptr(), means.data_ptr(),
         out.data_ptr(), threads,
+    )
+    if status != 0:  # out of scratch memory, or a transform without given means
+        return None
+    batch = y.shape[:-1]
+    return means.view(batch + (k,)), out.view(batch + (k, k))
+
+
+def ols_fit(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    present: Optional[torch.Tensor],
+    n: torch.Tensor,
+    *,
+    intercept: bool,
+    one_pass_error: Optional[float],
+):
+    """:func:`centred_gram` and :func:`ols_record` in one call (``ols.c``), or None.
+
+    Each group of 8 datasets gets its record right after its Gram matrices,
+    while they are in cache: one pass over the data and one call for the
+    whole fit where one pass serves. ``x``, ``y``, ``present`` as for
+    :func:`centred_gram` (the means are computed with an intercept, zero
+    without); ``n`` (...) the present points; the data's dtype and precision
+    are the fields' and the rank rule's. Returns ``(record, again, means,
+    gram)``: :func:`ols_record`'s first two, then :func:`centred_gram`'s
+    output, for the datasets that ``again`` sends to a second pass.
+    """
+    batch, d = y.shape[:-1], x.shape[-1]
+    zeros = None if intercept else torch.zeros(batch + (d + 1,), dtype=torch.float64, device="cpu")
+    call = _gram_call(x, y, present, zeros, None)
+    if call is None or not _eligible(n):
+        return None
+    lib, arguments, means, out, threads = call
+    rows, k = out.shape[:2]
+    count = n.to(**_CPU64).expand(batch).reshape(-1).contiguous()
+    fields, ok, again = _record_outputs(rows, d, intercept, x.dtype, batch, one_pass_error)
+    info = torch.finfo(x.dtype)
+    status = lib.lossfn_ols_fit(
+        *arguments, means.data_ptr(), out.data_ptr(), count.data_ptr(), int(intercept), info.eps,
+        info.tiny, int(again is not None), one_pass_error or 0.0, fields.data_ptr(),
+        ok.data_ptr(), None if again is None else again.data_ptr(), threads,
     )
     if status != 0:  # out of scratch memory
         return None
-    return means.view(batch + (k,)), out.view(batch + (k, k))
+    return (_record_fields(fields, ok, rows, d, intercept, batch), again,
+            means.view(batch + (k,)), out.view(batch + (k, k)))
+
+
+def _record_outputs(rows: int, d: int, intercept: bool, dtype: torch.dtype, batch, test: Optional[float]):
+    """The record kernels' outputs: fields (each contiguous), ok, and again (None without a test)."""
+    fields = torch.empty(rows * (3 + d + d + int(intercept)), dtype=dtype, device="cpu")
+    ok = torch.empty(batch, dtype=torch.bool, device="cpu")
+    again = None if test is None else torch.zeros(batch, dtype=torch.bool, device="cpu")
+    return fields, ok, again
+
+
+def _record_fields(fields: torch.Tensor, ok: torch.Tensor, rows: int, d: int, intercept: bool, batch):
+    """``(intercept, slope, sigma2, stderr, r2, ok)`` as views of the record kernels' fields."""
+    p = d + int(intercept)
+    alpha, slope, sigma2, r2, stderr = fields.split([rows, rows * d, rows, rows, rows * p])
+    return (alpha.view(batch), slope.view(batch + (d,)), sigma2.view(batch),
+            stderr.view(batch + (p,)), r2.view(batch), ok)
 
 
 def ols_record(
@@ -281,25 +355,19 @@ def ols_record(
     gram = gram.to(**_CPU64).reshape(-1, k, k).contiguous()
     means = means.to(**_CPU64).reshape(-1, k).contiguous()
     count = n.to(**_CPU64).expand(batch).reshape(-1).contiguous()
-    rows, p = gram.shape[0], d + int(intercept)
-    fields = torch.empty(rows * (3 + d + p), dtype=dtype, device="cpu")
-    ok = torch.empty(batch, dtype=torch.bool, device="cpu")
-    test = one_pass_error is not None
-    again = torch.zeros(batch, dtype=torch.bool, device="cpu") if test else None
+    rows = gram.shape[0]
+    fields, ok, again = _record_outputs(rows, d, intercept, dtype, batch, one_pass_error)
     # About k³/3 multiply-adds per dataset: threads only for ~100 µs of work each.
     threads = max(1, min(torch.get_num_threads(), rows * k**3 // (1 << 18)))
     status = lib.lossfn_ols_record(
         gram.data_ptr(), means.data_ptr(), count.data_ptr(), rows, d, int(intercept),
-        int(dtype == torch.float64), data_eps, torch.finfo(dtype).tiny, int(test),
+        int(dtype == torch.float64), data_eps, torch.finfo(dtype).tiny, int(again is not None),
         one_pass_error or 0.0, fields.data_ptr(), ok.data_ptr(),
         None if again is None else again.data_ptr(), threads,
     )
     if status != 0:
         return None
-    alpha, slope, sigma2, r2, stderr = fields.split([rows, rows * d, rows, rows, rows * p])
-    record = (alpha.view(batch), slope.view(batch + (d,)), sigma2.view(batch),
-              stderr.view(batch + (p,)), r2.view(batch), ok)
-    return record, again
+    return _record_fields(fields, ok, rows, d, intercept, batch), again
 
 
 #: Arguments of the robust kernels: float64 on the CPU, whatever the default device is.

@@ -30,7 +30,7 @@ __all__ = ["library"]
 HERE = Path(__file__).parent
 #: The C sources compiled into the library, then the headers they share.
 SOURCES = [HERE / "kernels.c", HERE / "ols.c", HERE / "huber.c", HERE / "lad.c"]
-HEADERS = [HERE / "common.h", HERE / "robust.h"]
+HEADERS = [HERE / "common.h", HERE / "gram.h", HERE / "robust.h"]
 FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno"]
 
 
@@ -144,6 +144,8 @@ _SIGNATURES = {
                                  _P, _I]),
     "lossfn_ols_record": (_I, [_P, _P, _P, _I64, _I64, _I, _I, _F64, _F64, _I, _F64, _P, _P, _P,
                                _I]),
+    "lossfn_ols_fit": (_I, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _I, _P, _P, _P,
+                            _I, _F64, _F64, _I, _F64, _P, _P, _P, _I]),
     "lossfn_huber": (_I, [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F64, _F64, _F64,
                           _P, _P, _P, _P, _P, _I]),
     "lossfn_lad": (_I, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F64, _F64,

@@ -24,6 +24,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "gram.h"
 
 #define BLOCK 1024
 
@@ -707,31 +708,26 @@ static const gram_fn COLUMNS[2][COLUMNS_MAX - 1] = { /* by k - 2: k <= COLUMNS_M
     {(gram_fn)columns_f64_1, (gram_fn)columns_f64_2, (gram_fn)columns_f64_3, (gram_fn)columns_f64_4},
 };
 
-typedef struct {
-    int is_double;
-    const void *x, *y;
-    const uint8_t *mask;
-    int64_t x_row, y_row, mask_row, r0, r1, m, d;
-    int means_given;
-    const double *transform;
-    double *means, *out;
-} gram_job;
-
-static void *run_gram_job(void *arg)
+double *gram_scratch(int64_t k)
 {
-    const gram_job *j = arg;
-    const int64_t k = j->d + 1, kp = (k + 7) / 8 * 8;
-    const size_t size = j->is_double ? sizeof(double) : sizeof(float);
-    /* 64-byte aligned scratch, zeroed: the chunk's rows (and 8 more, read by
+    const int64_t kp = (k + 7) / 8 * 8;
+    /* 64-byte aligned, zeroed: the chunk's rows (and 8 more, read by
      * chunk_transform's last tile), their transform, a Gram block, the total;
      * the column kernels use the first CHUNK * 8 doubles and the total. */
     const size_t rows = CHUNK + 8, doubles = 2 * rows * kp + 2 * kp * kp;
     double *z = aligned_alloc(64, sizeof(double) * doubles);
-    if (!z) return (void *)1;
-    memset(z, 0, sizeof(double) * doubles);
-    double *q = z + rows * kp, *block = q + rows * kp, *total = block + kp * kp;
+    if (z) memset(z, 0, sizeof(double) * doubles);
+    return z;
+}
+
+void gram_rows(const gram_job *j, int64_t a, int64_t b, double *scratch)
+{
+    const int64_t k = j->d + 1, kp = (k + 7) / 8 * 8;
+    const size_t size = j->is_double ? sizeof(double) : sizeof(float);
+    double *z = scratch, *q = z + (CHUNK + 8) * kp, *block = q + (CHUNK + 8) * kp;
+    double *total = block + kp * kp;
     gram_fn gram = k <= COLUMNS_MAX ? COLUMNS[j->is_double][k - 2] : GRAMS[j->is_double][kp / 8 - 1];
-    for (int64_t r = j->r0; r < j->r1; ++r) {
+    for (int64_t r = a; r < b; ++r) {
         /* the next row's data, fetched while this one's Gram pass runs on cached data */
         const int fetch = r + 1 < j->r1 && j->m * k * (int64_t)size <= PREFETCH_ROW;
         upcoming next = {(const char *)j->x + (r + 1) * j->x_row * size,
@@ -742,7 +738,15 @@ static void *run_gram_job(void *arg)
              j->transform ? j->transform + r * k * k : NULL, j->means + r * k, j->out + r * k * k,
              z, q, block, total, &next);
     }
-    free(z);
+}
+
+static void *run_gram_job(void *arg)
+{
+    const gram_job *j = arg;
+    double *scratch = gram_scratch(j->d + 1);
+    if (!scratch) return (void *)1;
+    gram_rows(j, j->r0, j->r1, scratch);
+    free(scratch);
     return NULL;
 }
 

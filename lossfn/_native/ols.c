@@ -44,6 +44,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "gram.h"
 
 #define KMAX 64 /* columns of [X y]: centred_gram's limit */
 
@@ -247,16 +248,40 @@ static void record_group(const record_job *j, int64_t first, int lanes, v8d *g, 
     }
 }
 
+/* Scratch for record_group with d predictors: g (k x k), r and f (d x d); free() it. */
+static v8d *record_scratch(int64_t d)
+{
+    return aligned_alloc(64, sizeof(v8d) * ((d + 1) * (d + 1) + 2 * d * d));
+}
+
+static void record_rows(const record_job *j, int64_t a, int64_t b, v8d *scratch)
+{
+    const int64_t d = j->d, k = d + 1;
+    for (int64_t r = a; r < b; r += 8)
+        record_group(j, r, b - r < 8 ? (int)(b - r) : 8, scratch, scratch + k * k,
+                     scratch + k * k + d * d);
+}
+
 static void *run_record_job(void *arg)
 {
     const record_job *j = arg;
-    const int64_t d = j->d, k = d + 1;
-    v8d *g = aligned_alloc(64, sizeof(v8d) * (k * k + 2 * d * d));
-    if (!g) return (void *)1;
-    for (int64_t r = j->r0; r < j->r1; r += 8)
-        record_group(j, r, j->r1 - r < 8 ? (int)(j->r1 - r) : 8, g, g + k * k, g + k * k + d * d);
-    free(g);
+    v8d *scratch = record_scratch(j->d);
+    if (!scratch) return (void *)1;
+    record_rows(j, j->r0, j->r1, scratch);
+    free(scratch);
     return NULL;
+}
+
+/* Whole groups of 8 rows to each of `threads` threads: [8 g0, 8 g1) clipped to rows. */
+static int group_share(int64_t rows, int threads, int t, int64_t *r0, int64_t *r1)
+{
+    const int64_t groups = (rows + 7) / 8;
+    int64_t g0, g1;
+    threads = thread_count(threads, groups);
+    thread_share(groups, threads, t, &g0, &g1);
+    *r0 = 8 * g0 < rows ? 8 * g0 : rows;
+    *r1 = 8 * g1 < rows ? 8 * g1 : rows;
+    return threads;
 }
 
 /* The record for `rows` datasets: gram (rows, k, k) and means (rows, k) as
@@ -273,14 +298,62 @@ int lossfn_ols_record(const double *gram, const double *means, const double *cou
 {
     record_job jobs[MAX_THREADS];
     if (d < 1 || d + 1 > KMAX) return -1;
-    /* whole groups of 8 to each thread */
-    const int64_t groups = (rows + 7) / 8;
-    threads = thread_count(threads, groups);
+    threads = group_share(rows, threads, 0, &jobs[0].r0, &jobs[0].r1);
     for (int t = 0; t < threads; ++t) {
-        int64_t g0, g1;
-        thread_share(groups, threads, t, &g0, &g1);
-        jobs[t] = (record_job){gram, means, count, 8 * g0, 8 * g1 < rows ? 8 * g1 : rows, rows, d,
-                               intercept, is_double, test, data_eps, tiny, bound, fields, ok, again};
+        int64_t r0, r1;
+        group_share(rows, threads, t, &r0, &r1);
+        jobs[t] = (record_job){gram, means, count, r0, r1, rows, d, intercept, is_double, test,
+                               data_eps, tiny, bound, fields, ok, again};
     }
     return fan_out(run_record_job, (char *)jobs, sizeof jobs[0], threads) ? -1 : 0;
+}
+
+typedef struct {
+    gram_job gram;
+    record_job record;
+} fit_job;
+
+static void *run_fit_job(void *arg)
+{
+    const fit_job *j = arg;
+    double *scratch = gram_scratch(j->gram.d + 1);
+    v8d *more = record_scratch(j->gram.d);
+    void *failed = NULL;
+    if (scratch && more)
+        for (int64_t r = j->gram.r0; r < j->gram.r1; r += 8) {
+            const int64_t b = r + 8 < j->gram.r1 ? r + 8 : j->gram.r1;
+            gram_rows(&j->gram, r, b, scratch);
+            record_rows(&j->record, r, b, more);
+        }
+    else
+        failed = (void *)1;
+    free(scratch);
+    free(more);
+    return failed;
+}
+
+/* lossfn_centred_gram (means computed, or given as zeros: a fit through the
+ * origin) and lossfn_ols_record in one: each group of 8 rows gets its record
+ * right after its Gram matrices, which are still in cache then. The
+ * arguments are theirs; means and gram (out) are written too, for the rows
+ * that `again` sends to a second pass. Returns 0, or -1 (k out of range,
+ * scratch memory ran out). */
+int lossfn_ols_fit(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
+                   const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, int64_t d,
+                   int means_given, double *means, double *out, const double *count,
+                   int intercept, double data_eps, double tiny, int test, double bound,
+                   void *fields, uint8_t *ok, uint8_t *again, int threads)
+{
+    fit_job jobs[MAX_THREADS];
+    if (d < 1 || d + 1 > KMAX) return -1;
+    threads = group_share(rows, threads, 0, &jobs[0].gram.r0, &jobs[0].gram.r1);
+    for (int t = 0; t < threads; ++t) {
+        int64_t r0, r1;
+        group_share(rows, threads, t, &r0, &r1);
+        jobs[t].gram = (gram_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, d,
+                                  means_given, NULL, means, out};
+        jobs[t].record = (record_job){out, means, count, r0, r1, rows, d, intercept, is_double,
+                                      test, data_eps, tiny, bound, fields, ok, again};
+    }
+    return fan_out(run_fit_job, (char *)jobs, sizeof jobs[0], threads) ? -1 : 0;
 }

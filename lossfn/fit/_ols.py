@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._checks import check_fit_options
-from .._native import centred_gram, line_fit, ols_record
+from .._native import centred_gram, line_fit, ols_fit
 from .._units import largest_abs, power_of_two_scale
 from ._design import Data, in_blocks, moments, noise_floor, prepare, zero_absent
 from ._solve import (ONE_PASS_ERROR, centred_grams, first_factor, padded_rows, points_last,
@@ -282,9 +282,9 @@ def _native_fit(data: Data, intercept: bool, data_eps: Optional[float]) -> Optio
     """The whole fit from the native kernels (:mod:`lossfn._native`), or None
     where they cannot serve the call.
 
-    ``centred_gram`` forms each Gram matrix in float64 in one pass per
-    dataset while the dataset is in cache, and ``ols_record`` solves it and
-    makes the record, one dataset at a time. That pass is all for float32
+    ``ols_fit`` forms each Gram matrix in float64 in one pass per dataset
+    while the dataset is in cache, then solves it and makes the record, eight
+    datasets at a time while their Gram matrices are in cache. That pass is all for float32
     data, as on the torch route, and for the float64 datasets where one pass
     keeps about 12 digits (:data:`lossfn.fit._solve.ONE_PASS_ERROR`:
     well-conditioned designs, responses neither nearly an exact fit nor
@@ -296,18 +296,12 @@ def _native_fit(data: Data, intercept: bool, data_eps: Optional[float]) -> Optio
     route and its two passes for every dataset.
     """
     d, m = data.x.shape[-1], data.y.shape[-1]
-    zeros = None if intercept else data.y.new_zeros(data.y.shape[:-1] + (d + 1,), dtype=torch.float64)
-    first = centred_gram(data.x, data.y, data.present, means=zeros)
-    if first is None:
-        return None
-    means, gram = first
     float64 = data_eps is None
-    done = ols_record(gram, means, data.n, intercept=intercept, dtype=data.y.dtype,
-                      data_eps=torch.finfo(data.y.dtype).eps,
-                      one_pass_error=ONE_PASS_ERROR if float64 else None)
+    done = ols_fit(data.x, data.y, data.present, data.n, intercept=intercept,
+                   one_pass_error=ONE_PASS_ERROR if float64 else None)
     if done is None:
         return None
-    record, again = done
+    record, again, means, gram = done
     fit = OLSFit(*record[:5], data.n.to(torch.int64), record[5])
     if again is None or not again.any():
         return fit

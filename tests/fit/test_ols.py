@@ -865,7 +865,7 @@ def test_each_route_is_the_one_it_says(monkeypatch, route):
     import lossfn.fit._ols
 
     served = []
-    for module, name in ((lossfn.fit._ols, "line_fit"), (lossfn.fit._ols, "centred_gram")):
+    for module, name in ((lossfn.fit._ols, "line_fit"), (lossfn.fit._ols, "ols_fit")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, **k: served.append(_real(*a, **k)) or served[-1])
     gen = torch.Generator().manual_seed(5)
@@ -991,9 +991,10 @@ def test_ill_conditioned_datasets_get_the_second_pass(monkeypatch, route):
     X[2, :, 2] = X[2, :, 1] + 1e-6 * torch.randn(60, generator=g, dtype=torch.float64)
     y[5] = 1 + X[5].sum(-1) + 1e-9 * torch.randn(60, generator=g, dtype=torch.float64)
     passes = []
-    real = lossfn.fit._ols.centred_gram
-    monkeypatch.setattr(lossfn.fit._ols, "centred_gram",
-                        lambda x, *a, **k: passes.append(x.shape[0]) or real(x, *a, **k))
+    for name in ("ols_fit", "centred_gram"):  # the first pass, then the second
+        real = getattr(lossfn.fit._ols, name)
+        monkeypatch.setattr(lossfn.fit._ols, name,
+                            lambda x, *a, _real=real, **k: passes.append(x.shape[0]) or _real(x, *a, **k))
     res = fit.ols(X, y)
     if route == "native":
         assert passes == [8, 2]
