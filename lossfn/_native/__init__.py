@@ -11,13 +11,14 @@ one dataset while it is in cache reads the data once (``kernels.c``,
   ``fit.ols`` call 2.5-4x faster than the pure-torch route from about 100
   points per dataset, and, accumulated in float64, more accurate in float32,
   where no sum can over- or underflow;
-* :func:`centred_gram`, the Gram matrices of several predictors for the
-  least-squares solver (:mod:`lossfn.fit._solve`), both passes of CholeskyQR2
-  included (``fit.ols`` asks for the second only for the datasets that need
-  it): ``fit.ols`` with several predictors 1.5-4x faster than on the torch
-  route's batched Gram products at 1000 datasets of 500 points, less on short
-  datasets, where the small algebra after the passes dominates (about even
-  at 100 points with d = 20);
+* :func:`ols_fit`, ``fit.ols`` with several predictors: the Gram matrix of
+  each dataset in one pass (``kernels.c``), then its solve and the whole
+  record, eight datasets to a vector while their Gram matrices are in cache
+  (``ols.c``; :func:`ols_record` alone, from given Gram matrices): 3.5-8x
+  faster than the torch route at 1000 datasets of 500 points. Float64
+  datasets that one pass does not serve to 12 digits (ill-conditioned
+  designs, nearly exact fits) are flagged for CholeskyQR2's second pass,
+  which :func:`centred_gram` makes (:mod:`lossfn.fit._solve`);
 * :func:`huber` and :func:`lad`, the whole iterations of ``fit.huber`` and
   ``fit.lad`` one dataset at a time (``huber.c``, ``lad.c``, sharing
   ``robust.h``), each stopping when it is done: 4-8x faster than the torch
@@ -28,9 +29,9 @@ one dataset while it is in cache reads the data once (``kernels.c``,
 pure-torch route, side by side with the peers.)
 
 The kernels are an accelerator for the plain eager case, never a requirement:
-:func:`line_sums`, :func:`line_fit`, :func:`centred_gram`, :func:`huber` and
-:func:`lad` return None, and the caller runs its pure-torch path, whenever the
-kernels cannot serve the call exactly:
+:func:`line_sums`, :func:`line_fit`, :func:`centred_gram`, :func:`ols_fit`,
+:func:`ols_record`, :func:`huber` and :func:`lad` return None, and the caller
+runs its pure-torch path, whenever the kernels cannot serve the call exactly:
 
 * a ``torch.func`` transform is active (``vmap``, ``grad``, ...), autograd
   must record the call (backward or forward mode), or torch is tracing it
@@ -57,6 +58,7 @@ Building takes a few seconds, once per machine.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Optional
 
@@ -98,10 +100,13 @@ def _plain(t: Optional[torch.Tensor]) -> bool:
 
 def _rows(t: Optional[torch.Tensor], m: int) -> Optional[torch.Tensor]:
     """``t`` as (rows, m) with contiguous points, as a view; None if it is none."""
-    try:
-        flat = t.view(-1, m)
-    except RuntimeError:
-        return None
+    if t.dim() == 2:  # as it is: a view op costs tens of µs with cold caches
+        flat = t
+    else:
+        try:
+            flat = t.view(-1, m)
+        except RuntimeError:
+            return None
     return flat if m <= 1 or flat.stride(1) == 1 else None
 
 
@@ -174,17 +179,32 @@ def line_fit(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]):
         return None
     lib, arguments, rows, threads = found
     batch = y.shape[:-1]
-    # On the CPU whatever the default device is.
-    sums = torch.empty(rows, 6, dtype=torch.float64, device="cpu")
-    fields = torch.empty(6 * rows, dtype=x.dtype, device="cpu")  # each field contiguous
+    # On the CPU whatever the default device is. Few tensor ops: each costs tens
+    # of µs with cold caches (a fit between other work), as much as the kernel
+    # on 100 datasets of 10000 points.
+    fields = _fields(batch, batch, 2, x.dtype)
     ok = torch.empty(batch, dtype=torch.bool, device="cpu")
     count = torch.empty(batch, dtype=torch.int64, device="cpu")
     info = torch.finfo(x.dtype)
-    lib.lossfn_line_fit(*arguments, info.eps, info.tiny, sums.data_ptr(), fields.data_ptr(),
-                        ok.data_ptr(), count.data_ptr(), threads)
-    intercept, slope, sigma2, r2, stderr = fields.split([rows, rows, rows, rows, 2 * rows])
-    return (intercept.view(batch), slope.view(batch), sigma2.view(batch), stderr.view(batch + (2,)),
-            r2.view(batch), count, ok)
+    if lib.lossfn_line_fit(*arguments, info.eps, info.tiny, _pointers(fields), ok.data_ptr(),
+                           count.data_ptr(), threads) != 0:
+        return None  # out of memory for the sums
+    intercept, slope, sigma2, r2, stderr = fields
+    return intercept, slope, sigma2, stderr, r2, count, ok
+
+
+def _fields(batch, slope, p: int, dtype: torch.dtype):
+    """The record kernels' float fields, each its own tensor in its final shape
+    (a split of one buffer and views of it cost more, ~40 µs more with cold
+    caches): intercept, slope (of shape ``slope``), sigma2, r2, stderr (batch + (p,))."""
+    def empty(shape):
+        return torch.empty(shape, dtype=dtype, device="cpu")  # whatever the default device
+    return empty(batch), empty(slope), empty(batch), empty(batch), empty(batch + (p,))
+
+
+def _pointers(tensors) -> "ctypes.Array":
+    """A C array of the tensors' data pointers (``void *const *``)."""
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
 def _gram_call(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor],
@@ -266,7 +286,6 @@ def ols_fit(
     x: torch.Tensor,
     y: torch.Tensor,
     present: Optional[torch.Tensor],
-    n: torch.Tensor,
     *,
     intercept: bool,
     one_pass_error: Optional[float],
@@ -277,46 +296,44 @@ def ols_fit(
     while they are in cache: one pass over the data and one call for the
     whole fit where one pass serves. ``x``, ``y``, ``present`` as for
     :func:`centred_gram` (the means are computed with an intercept, zero
-    without); ``n`` (...) the present points; the data's dtype and precision
-    are the fields' and the rank rule's. Returns ``(record, again, means,
-    gram)``: :func:`ols_record`'s first two, then :func:`centred_gram`'s
-    output, for the datasets that ``again`` sends to a second pass.
+    without); the data's dtype and precision are the fields' and the rank
+    rule's. Returns ``(record, n, again, means, gram)``: :func:`ols_record`'s
+    record, the int64 counts of present points (...), ``again``, then
+    :func:`centred_gram`'s output, for the datasets that ``again`` sends to a
+    second pass.
     """
     batch, d = y.shape[:-1], x.shape[-1]
     zeros = None if intercept else torch.zeros(batch + (d + 1,), dtype=torch.float64, device="cpu")
     call = _gram_call(x, y, present, zeros, None)
-    if call is None or not _eligible(n):
+    if call is None:
         return None
     lib, arguments, means, out, threads = call
     rows, k = out.shape[:2]
-    count = n.to(**_CPU64).expand(batch).reshape(-1).contiguous()
-    fields, ok, again = _record_outputs(rows, d, intercept, x.dtype, batch, one_pass_error)
+    fields, ok, again = _record_outputs(d, intercept, x.dtype, batch, one_pass_error)
+    n = torch.empty(batch, dtype=torch.int64, device="cpu")
     info = torch.finfo(x.dtype)
     status = lib.lossfn_ols_fit(
-        *arguments, means.data_ptr(), out.data_ptr(), count.data_ptr(), int(intercept), info.eps,
-        info.tiny, int(again is not None), one_pass_error or 0.0, fields.data_ptr(),
+        *arguments, means.data_ptr(), out.data_ptr(), n.data_ptr(), int(intercept), info.eps,
+        info.tiny, int(again is not None), one_pass_error or 0.0, _pointers(fields),
         ok.data_ptr(), None if again is None else again.data_ptr(), threads,
     )
     if status != 0:  # out of scratch memory
         return None
-    return (_record_fields(fields, ok, rows, d, intercept, batch), again,
-            means.view(batch + (k,)), out.view(batch + (k, k)))
+    return (_record(fields, ok), n, again, means.view(batch + (k,)), out.view(batch + (k, k)))
 
 
-def _record_outputs(rows: int, d: int, intercept: bool, dtype: torch.dtype, batch, test: Optional[float]):
-    """The record kernels' outputs: fields (each contiguous), ok, and again (None without a test)."""
-    fields = torch.empty(rows * (3 + d + d + int(intercept)), dtype=dtype, device="cpu")
+def _record_outputs(d: int, intercept: bool, dtype: torch.dtype, batch, test: Optional[float]):
+    """The record kernels' outputs: the fields, ok, and again (None without a test)."""
+    fields = _fields(batch, batch + (d,), d + int(intercept), dtype)
     ok = torch.empty(batch, dtype=torch.bool, device="cpu")
     again = None if test is None else torch.zeros(batch, dtype=torch.bool, device="cpu")
     return fields, ok, again
 
 
-def _record_fields(fields: torch.Tensor, ok: torch.Tensor, rows: int, d: int, intercept: bool, batch):
-    """``(intercept, slope, sigma2, stderr, r2, ok)`` as views of the record kernels' fields."""
-    p = d + int(intercept)
-    alpha, slope, sigma2, r2, stderr = fields.split([rows, rows * d, rows, rows, rows * p])
-    return (alpha.view(batch), slope.view(batch + (d,)), sigma2.view(batch),
-            stderr.view(batch + (p,)), r2.view(batch), ok)
+def _record(fields, ok: torch.Tensor):
+    """``(intercept, slope, sigma2, stderr, r2, ok)`` from the record kernels' outputs."""
+    intercept, slope, sigma2, r2, stderr = fields
+    return intercept, slope, sigma2, stderr, r2, ok
 
 
 def ols_record(
@@ -356,18 +373,18 @@ def ols_record(
     means = means.to(**_CPU64).reshape(-1, k).contiguous()
     count = n.to(**_CPU64).expand(batch).reshape(-1).contiguous()
     rows = gram.shape[0]
-    fields, ok, again = _record_outputs(rows, d, intercept, dtype, batch, one_pass_error)
+    fields, ok, again = _record_outputs(d, intercept, dtype, batch, one_pass_error)
     # About k³/3 multiply-adds per dataset: threads only for ~100 µs of work each.
     threads = max(1, min(torch.get_num_threads(), rows * k**3 // (1 << 18)))
     status = lib.lossfn_ols_record(
         gram.data_ptr(), means.data_ptr(), count.data_ptr(), rows, d, int(intercept),
         int(dtype == torch.float64), data_eps, torch.finfo(dtype).tiny, int(again is not None),
-        one_pass_error or 0.0, fields.data_ptr(), ok.data_ptr(),
+        one_pass_error or 0.0, _pointers(fields), ok.data_ptr(),
         None if again is None else again.data_ptr(), threads,
     )
     if status != 0:
         return None
-    return _record_fields(fields, ok, rows, d, intercept, batch), again
+    return _record(fields, ok), again
 
 
 #: Arguments of the robust kernels: float64 on the CPU, whatever the default device is.

@@ -138,8 +138,8 @@ def _build(compiler: list, target: Path) -> Optional[str]:
 _I, _I64, _F64, _P = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
     "lossfn_line_sums": (None, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _P, _I]),
-    "lossfn_line_fit": (None, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _F64, _F64,
-                               _P, _P, _P, _P, _I]),
+    "lossfn_line_fit": (_I, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _F64, _F64,
+                             _P, _P, _P, _I]),
     "lossfn_centred_gram": (_I, [_I, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _I, _P, _P,
                                  _P, _I]),
     "lossfn_ols_record": (_I, [_P, _P, _P, _I64, _I64, _I, _I, _F64, _F64, _I, _F64, _P, _P, _P,

@@ -227,15 +227,17 @@ void lossfn_line_sums(int is_double, const void *x, int64_t x_row, const void *y
  * sums: the arithmetic of lossfn.fit._design._native_moments and
  * lossfn.fit._ols._simple/_finish, in double, each field rounded once to the
  * caller's dtype at the end (the torch route rounds each step in float32).
- * eps and tiny are the dtype's. fields (6 rows values) in the dtype
- * (float32 unless is_double): intercept (rows), slope, sigma2, r2, then
- * se_intercept and se_slope (rows x 2), all nan where the fit is not ok; ok (rows) 1 or 0; count (rows) the
- * present points; sums (rows, 6) is scratch for line_sums. */
-void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
-                     const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, double eps,
-                     double tiny, double *sums, void *fields, uint8_t *ok, int64_t *count,
-                     int threads)
+ * eps and tiny are the dtype's. fields are 5 arrays in the dtype (float32
+ * unless is_double): intercept, slope, sigma2, r2 (rows each) and the
+ * standard errors (rows x 2, intercept first), all nan where the fit is not
+ * ok; ok (rows) 1 or 0; count (rows) the
+ * present points. Returns 0, or -1 if memory for line_sums' sums ran out. */
+int lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
+                    const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, double eps,
+                    double tiny, void *const *fields, uint8_t *ok, int64_t *count, int threads)
 {
+    double *sums = malloc(sizeof(double) * 6 * (rows > 0 ? rows : 1));
+    if (!sums) return -1;
     lossfn_line_sums(is_double, x, x_row, y, y_row, mask, mask_row, rows, m, sums, threads);
     for (int64_t r = 0; r < rows; ++r) {
         const double *o = sums + 6 * r;
@@ -270,18 +272,19 @@ void lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y,
                                                      + in_dtype(is_double, residual_norm));
         ok[r] = varies && n >= 2 && isfinite(total);
         count[r] = (int64_t)n;
-        /* Each field contiguous: intercept, slope, sigma2, r2 (rows each), then
-         * the standard errors (rows x 2). */
-        const int64_t place[6] = {r, rows + r, 2 * rows + r, 4 * rows + 2 * r, 4 * rows + 2 * r + 1,
-                                  3 * rows + r};
+        /* fields[]: intercept, slope, sigma2, r2 (rows each), the standard errors (rows x 2) */
+        const int field[6] = {0, 1, 2, 4, 4, 3};
+        const int64_t place[6] = {r, r, r, 2 * r, 2 * r + 1, r};
         for (int k = 0; k < 6; ++k) {
             const double v = ok[r] ? f[k] : NAN;
             if (is_double)
-                ((double *)fields)[place[k]] = v;
+                ((double *)fields[field[k]])[place[k]] = v;
             else
-                ((float *)fields)[place[k]] = (float)v;
+                ((float *)fields[field[k]])[place[k]] = (float)v;
         }
     }
+    free(sums);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------

@@ -50,10 +50,10 @@
 
 typedef struct {
     const double *gram, *means, *count;
-    int64_t r0, r1, rows, d;
+    int64_t r0, r1, d;
     int intercept, is_double, test;
     double data_eps, tiny, bound;
-    void *fields;
+    void *const *fields; /* intercept (rows), slope (rows x d), sigma2, r2, stderr (rows x p) */
     uint8_t *ok, *again;
 } record_job;
 
@@ -73,14 +73,13 @@ static inline v8d dtype8(int is_double, v8d v)
     return v;
 }
 
-/* Each field contiguous in the caller's dtype: intercept (rows), slope (rows x
- * d), sigma2 (rows), r2 (rows), stderr (rows x p). */
-static void put(const record_job *j, int64_t at, double v)
+/* Field f (0 intercept, 1 slope, 2 sigma2, 3 r2, 4 stderr) at `at`, in the caller's dtype. */
+static void put(const record_job *j, int f, int64_t at, double v)
 {
     if (j->is_double)
-        ((double *)j->fields)[at] = v;
+        ((double *)j->fields[f])[at] = v;
     else
-        ((float *)j->fields)[at] = (float)v;
+        ((float *)j->fields[f])[at] = (float)v;
 }
 
 /* Datasets first .. first + lanes - 1 (lanes <= 8), one to a lane of every
@@ -89,7 +88,7 @@ static void put(const record_job *j, int64_t at, double v)
  * datasets cost about what one would. Scratch: g (k x k), r and f (d x d). */
 static void record_group(const record_job *j, int64_t first, int lanes, v8d *g, v8d *r, v8d *f)
 {
-    const int64_t d = j->d, k = d + 1, rows = j->rows, p = d + (j->intercept ? 1 : 0);
+    const int64_t d = j->d, k = d + 1, p = d + (j->intercept ? 1 : 0);
     const int is_double = j->is_double;
     const double eps = DBL_EPSILON;
     const v8di all = (v8di){0} - 1;
@@ -234,16 +233,16 @@ static void record_group(const record_job *j, int64_t first, int lanes, v8d *g, 
     const v8di ok = full_rank & ~lost & (n >= (double)p) & (abs8(check) <= DBL_MAX);
 
     for (int l = 0; l < lanes; ++l) {
-        const int64_t row = first + l, errors = 3 * rows + d * rows + row * p;
+        const int64_t row = first + l;
         j->ok[row] = ok[l] != 0;
         const double poison = ok[l] ? 0 : NAN; /* nan in every field of a failed dataset */
-        put(j, row, intercept[l] + poison);
-        put(j, rows + d * rows + row, sigma2[l] + poison);
-        put(j, 2 * rows + d * rows + row, r2[l] + poison);
-        if (j->intercept) put(j, errors, se_alpha[l] + poison);
+        put(j, 0, row, intercept[l] + poison);
+        put(j, 2, row, sigma2[l] + poison);
+        put(j, 3, row, r2[l] + poison);
+        if (j->intercept) put(j, 4, row * p, se_alpha[l] + poison);
         for (int64_t i = 0; i < d; ++i) {
-            put(j, rows + row * d + i, coef[i][l] + poison);
-            put(j, errors + (p - d) + i, se[i][l] + poison);
+            put(j, 1, row * d + i, coef[i][l] + poison);
+            put(j, 4, row * p + (p - d) + i, se[i][l] + poison);
         }
     }
 }
@@ -293,7 +292,7 @@ static int group_share(int64_t rows, int threads, int t, int64_t *r0, int64_t *r
  * Returns 0, or -1 if k is out of range or scratch memory ran out. */
 int lossfn_ols_record(const double *gram, const double *means, const double *count, int64_t rows,
                       int64_t d, int intercept, int is_double, double data_eps, double tiny,
-                      int test, double bound, void *fields, uint8_t *ok, uint8_t *again,
+                      int test, double bound, void *const *fields, uint8_t *ok, uint8_t *again,
                       int threads)
 {
     record_job jobs[MAX_THREADS];
@@ -302,7 +301,7 @@ int lossfn_ols_record(const double *gram, const double *means, const double *cou
     for (int t = 0; t < threads; ++t) {
         int64_t r0, r1;
         group_share(rows, threads, t, &r0, &r1);
-        jobs[t] = (record_job){gram, means, count, r0, r1, rows, d, intercept, is_double, test,
+        jobs[t] = (record_job){gram, means, count, r0, r1, d, intercept, is_double, test,
                                data_eps, tiny, bound, fields, ok, again};
     }
     return fan_out(run_record_job, (char *)jobs, sizeof jobs[0], threads) ? -1 : 0;
@@ -311,18 +310,31 @@ int lossfn_ols_record(const double *gram, const double *means, const double *cou
 typedef struct {
     gram_job gram;
     record_job record;
+    double *count;  /* the record's counts, made here */
+    int64_t *n;     /* and the caller's */
 } fit_job;
 
 static void *run_fit_job(void *arg)
 {
     const fit_job *j = arg;
-    double *scratch = gram_scratch(j->gram.d + 1);
-    v8d *more = record_scratch(j->gram.d);
+    const gram_job *g = &j->gram;
+    double *scratch = gram_scratch(g->d + 1);
+    v8d *more = record_scratch(g->d);
     void *failed = NULL;
     if (scratch && more)
-        for (int64_t r = j->gram.r0; r < j->gram.r1; r += 8) {
-            const int64_t b = r + 8 < j->gram.r1 ? r + 8 : j->gram.r1;
-            gram_rows(&j->gram, r, b, scratch);
+        for (int64_t r = g->r0; r < g->r1; r += 8) {
+            const int64_t b = r + 8 < g->r1 ? r + 8 : g->r1;
+            for (int64_t row = r; row < b; ++row) { /* the present points */
+                int64_t n = g->m;
+                if (g->mask) {
+                    const uint8_t *mr = g->mask + row * g->mask_row;
+                    n = 0;
+                    for (int64_t t = 0; t < g->m; ++t) n += mr[t] != 0;
+                }
+                j->n[row] = n;
+                j->count[row] = (double)n;
+            }
+            gram_rows(g, r, b, scratch);
             record_rows(&j->record, r, b, more);
         }
     else
@@ -335,25 +347,32 @@ static void *run_fit_job(void *arg)
 /* lossfn_centred_gram (means computed, or given as zeros: a fit through the
  * origin) and lossfn_ols_record in one: each group of 8 rows gets its record
  * right after its Gram matrices, which are still in cache then. The
- * arguments are theirs; means and gram (out) are written too, for the rows
- * that `again` sends to a second pass. Returns 0, or -1 (k out of range,
- * scratch memory ran out). */
+ * arguments are theirs, but for the counts of present points, which are
+ * made here and written to n (rows); means and gram (out) are written too,
+ * for the rows that `again` sends to a second pass. Returns 0, or -1 (k out
+ * of range, scratch memory ran out). */
 int lossfn_ols_fit(int is_double, const void *x, int64_t x_row, const void *y, int64_t y_row,
                    const uint8_t *mask, int64_t mask_row, int64_t rows, int64_t m, int64_t d,
-                   int means_given, double *means, double *out, const double *count,
-                   int intercept, double data_eps, double tiny, int test, double bound,
-                   void *fields, uint8_t *ok, uint8_t *again, int threads)
+                   int means_given, double *means, double *out, int64_t *n, int intercept,
+                   double data_eps, double tiny, int test, double bound, void *const *fields,
+                   uint8_t *ok, uint8_t *again, int threads)
 {
     fit_job jobs[MAX_THREADS];
     if (d < 1 || d + 1 > KMAX) return -1;
+    double *count = malloc(sizeof(double) * (rows > 0 ? rows : 1));
+    if (!count) return -1;
     threads = group_share(rows, threads, 0, &jobs[0].gram.r0, &jobs[0].gram.r1);
     for (int t = 0; t < threads; ++t) {
         int64_t r0, r1;
         group_share(rows, threads, t, &r0, &r1);
         jobs[t].gram = (gram_job){is_double, x, y, mask, x_row, y_row, mask_row, r0, r1, m, d,
                                   means_given, NULL, means, out};
-        jobs[t].record = (record_job){out, means, count, r0, r1, rows, d, intercept, is_double,
+        jobs[t].record = (record_job){out, means, count, r0, r1, d, intercept, is_double,
                                       test, data_eps, tiny, bound, fields, ok, again};
+        jobs[t].count = count;
+        jobs[t].n = n;
     }
-    return fan_out(run_fit_job, (char *)jobs, sizeof jobs[0], threads) ? -1 : 0;
+    const int failed = fan_out(run_fit_job, (char *)jobs, sizeof jobs[0], threads);
+    free(count);
+    return failed ? -1 : 0;
 }

@@ -10,10 +10,11 @@ and an ``ok`` flag for degenerate ones. Everything runs under
 Speed. On the CPU, :func:`ols` (one predictor with an intercept, or several
 predictors), :func:`standardized`, :func:`lad` and :func:`huber` run native
 kernels that pass over each dataset while it is in cache
-(:mod:`lossfn._native`). For least squares they accumulate in float64, and
-with one predictor the whole record is computed in C: 2-4x faster end to end
-than the pure-torch route, and accurate to float64 rounding where float32
-sums would over- or underflow. LAD and Huber regression run their whole
+(:mod:`lossfn._native`). For least squares they accumulate in float64 and
+compute the whole record in C (with several float64 predictors, for the
+datasets that one pass serves to 12 digits; the others get CholeskyQR2's
+second pass): 2-8x faster end to end than the pure-torch route, and accurate
+to float64 rounding where float32 sums would over- or underflow. LAD and Huber regression run their whole
 iteration per dataset in C, each dataset stopping when it is done: 4-8x
 faster (B = 1000, m = 200). They are
 compiled with the system's C compiler (``$CC``, else ``cc``) on first use, a

@@ -33,27 +33,42 @@ __all__ = ["Data", "prepare", "zero_absent", "noise_floor", "moments", "Moments"
            "packed_symmetric_index"]
 
 
-class Data(NamedTuple):
+class Data:
     """Validated inputs of a fit; ``present`` is None when every point exists."""
 
-    x: torch.Tensor  # (..., m) or (..., m, d)
-    y: torch.Tensor  # (..., m)
-    present: Optional[torch.Tensor]  # (..., m) bool, broadcast to y's shape
-    n: torch.Tensor  # (...,) number of present points, in x's dtype
-    simple: bool  # x is (..., m): one predictor
+    __slots__ = ("x", "y", "present", "simple", "_n")
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor],
+                 simple: bool):
+        self.x = x  # (..., m) or (..., m, d)
+        self.y = y  # (..., m)
+        self.present = present  # (..., m) bool, broadcast to y's shape
+        self.simple = simple  # x is (..., m): one predictor
+        self._n: Optional[torch.Tensor] = None
+
+    @property
+    def n(self) -> torch.Tensor:
+        """(...,) number of present points, in x's dtype. Made on first use: the
+        native kernels count for themselves, and a tensor op costs tens of µs
+        when the caches are cold (as between the calls of a Python loop)."""
+        if self._n is None:
+            y, m = self.y, self.y.shape[-1]
+            self._n = (y.new_full(y.shape[:-1], float(m)) if self.present is None
+                       else self.present.sum(-1).to(y.dtype))
+        return self._n
 
 
 def prepare(fn: str, x: object, y: object, mask: Optional[torch.Tensor]) -> Data:
     """Validate (:func:`lossfn._checks.check_regression_data`) and broadcast the inputs."""
     simple, batch = check_regression_data(fn, x, y, mask)
-    m = y.shape[-1]
-    shape = batch + (m,)
-    x = x.expand(shape if simple else shape + x.shape[-1:])
-    y = y.expand(shape)
-    if mask is None:
-        return Data(x, y, None, y.new_full(batch, float(m)), simple)
-    present = mask.expand(shape)
-    return Data(x, y, present, present.sum(-1).to(y.dtype), simple)
+    shape = batch + y.shape[-1:]
+    x_shape = shape if simple else shape + x.shape[-1:]
+
+    def broadcast(v: torch.Tensor, to: torch.Size) -> torch.Tensor:
+        return v if v.shape == to else v.expand(to)  # no view op where none is needed
+
+    present = None if mask is None else broadcast(mask, shape)
+    return Data(broadcast(x, x_shape), broadcast(y, shape), present, simple)
 
 
 def zero_absent(v: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:

@@ -297,19 +297,19 @@ def _native_fit(data: Data, intercept: bool, data_eps: Optional[float]) -> Optio
     """
     d, m = data.x.shape[-1], data.y.shape[-1]
     float64 = data_eps is None
-    done = ols_fit(data.x, data.y, data.present, data.n, intercept=intercept,
+    done = ols_fit(data.x, data.y, data.present, intercept=intercept,
                    one_pass_error=ONE_PASS_ERROR if float64 else None)
     if done is None:
         return None
-    record, again, means, gram = done
-    fit = OLSFit(*record[:5], data.n.to(torch.int64), record[5])
+    record, n, again, means, gram = done
+    fit = OLSFit(*record[:5], n, record[5])
     if again is None or not again.any():
         return fit
     # One dataset (batch shape ()): a batch of one, as views, so that indexing works alike.
     lift = (lambda v: v.unsqueeze(0)) if again.dim() == 0 else (lambda v: v)
     at = lift(again).nonzero(as_tuple=True)  # those datasets' data only: a copy of a few
     x, y, present = (None if v is None else lift(v)[at] for v in (data.x, data.y, data.present))
-    gram, means, n = lift(gram)[at], lift(means)[at], lift(data.n)[at].to(torch.float64)
+    gram, means, n = lift(gram)[at], lift(means)[at], lift(n)[at].to(torch.float64)
     r0, info0, transform = first_factor(gram, means[..., :d], n, m, torch.finfo(gram.dtype).eps)
     second = centred_gram(x, y, present, means=means, transform=transform)
     if second is None:
