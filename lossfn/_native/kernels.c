@@ -427,6 +427,36 @@ static void chunk_transform(const double *z, int64_t points, int64_t kp, int64_t
 DEFINE_POINT(point_f32, float, load8_f32)
 DEFINE_POINT(point_f64, double, load8_f64)
 
+/* The bit masks that make a point's loads [x_t y_t 0 ...] (see DEFINE_POINT):
+ * lanes < d take x, lane d takes y, the rest 0. */
+static inline void point_lanes(int64_t d, int nv, v8di *xlanes, v8di *ylane)
+{
+    for (int c = 0; c < nv; ++c)
+        for (int l = 0; l < 8; ++l) {
+            xlanes[c][l] = 8 * c + l < d ? -1 : 0;
+            ylane[c][l] = 8 * c + l == d ? -1 : 0;
+        }
+}
+
+/* g (k x k) from the upper triangle of the chunks' total (rows ld apart).
+ * Computed means (correct) are off by the rounding of their sums (15-30 eps
+ * of a constant column: more than the rank test's noise floor): with the
+ * sums s (k) of z = v - mean, the mean is mean + s/n and the Gram matrix
+ * G - s s^T/n, as for shifted sums (line_sums). Given means stay as given.
+ * Either way G is mirrored from its upper triangle: exactly symmetric. */
+static void finish_gram(const double *total, int64_t ld, const double *shift, int64_t k, double n,
+                        int correct, double *g, double *mean)
+{
+    for (int64_t i = 0; i < k; ++i) {
+        const double si = correct ? shift[i] : 0;
+        for (int64_t j = i; j < k; ++j) {
+            const double sj = correct ? shift[j] : 0;
+            g[i * k + j] = g[j * k + i] = total[i * ld + j] - (correct ? si * sj / n : 0);
+        }
+        if (correct) mean[i] += si / n;
+    }
+}
+
 /* The means of [x_t y_t] over the present points of a row, into mean[k];
  * returns their count n (mean is nan where n = 0). Chunks of CHUNK points
  * are summed apart and then together (two-level, like line_sums). */
@@ -438,11 +468,7 @@ DEFINE_POINT(point_f64, double, load8_f64)
         const int64_t k = d + 1;                                                           \
         const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
         v8di xlanes[NV], ylane[NV];                                                        \
-        for (int c = 0; c < NV; ++c)                                                       \
-            for (int l = 0; l < 8; ++l) {                                                  \
-                xlanes[c][l] = 8 * c + l < d ? -1 : 0;                                     \
-                ylane[c][l] = 8 * c + l == d ? -1 : 0;                                     \
-            }                                                                              \
+        point_lanes(d, NV, xlanes, ylane);                                                 \
         double n = 0;                                                                      \
         v8d sum[NV];                                                                       \
         for (int c = 0; c < NV; ++c) sum[c] = (v8d){0};                                    \
@@ -474,13 +500,8 @@ DEFINE_POINT(point_f64, double, load8_f64)
         const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
         v8d meanv[NV], trv[KMAX][NV];                                                      \
         double n = 0;                                                                      \
-        /* lanes < d take x, lane d takes y, the rest 0: [x_t y_t 0 ...] by bit masks */  \
         v8di xlanes[NV], ylane[NV];                                                        \
-        for (int c = 0; c < NV; ++c)                                                       \
-            for (int l = 0; l < 8; ++l) {                                                  \
-                xlanes[c][l] = 8 * c + l < d ? -1 : 0;                                     \
-                ylane[c][l] = 8 * c + l == d ? -1 : 0;                                     \
-            }                                                                              \
+        point_lanes(d, NV, xlanes, ylane);                                                 \
         if (!given) n = MEANS(xr, yr, mr, m, d, mean);                                    \
         for (int c = 0; c < NV; ++c)                                                       \
             for (int l = 0; l < 8; ++l) meanv[c][l] = 8 * c + l < k ? mean[8 * c + l] : 0; \
@@ -521,20 +542,7 @@ DEFINE_POINT(point_f64, double, load8_f64)
             prefetch_share(next, points, m);                                               \
             for (int64_t i = 0; i < KP * KP; ++i) total[i] += block[i];                    \
         }                                                                                  \
-        /* Computed means are off by the rounding of their sums (15-30 eps of a      \
-         * constant column: more than the rank test's noise floor): with the sums s   \
-         * of z = v - mean, the mean is mean + s/n and the Gram matrix                \
-         * G - s s^T/n, as for shifted sums (line_sums). Given means stay as given.   \
-         * Either way G is mirrored from its upper triangle: exactly symmetric. */   \
-        const int correct = !given && n > 0;                                               \
-        for (int64_t i = 0; i < k; ++i) {                                                  \
-            const double si = correct ? shift[i / 8][i % 8] : 0;                           \
-            for (int64_t j = i; j < k; ++j) {                                              \
-                const double sj = correct ? shift[j / 8][j % 8] : 0;                       \
-                g[i * k + j] = g[j * k + i] = total[i * KP + j] - (correct ? si * sj / n : 0); \
-            }                                                                              \
-            if (correct) mean[i] += si / n;                                                \
-        }                                                                                  \
+        finish_gram(total, KP, (const double *)shift, k, n, !given && n > 0, g, mean);    \
     }
 
 #define DEFINE_GRAMS(NV)                                                                   \
@@ -677,16 +685,7 @@ DEFINE_COLUMN_LOAD(column_load_f64, double)
             column_gram(z, vectors, K, total);                                             \
             prefetch_share(next, points, m);                                               \
         }                                                                                  \
-        /* as DEFINE_GRAM: the computed means' rounding removed, G mirrored */           \
-        const int correct = !given && n > 0;                                               \
-        for (int i = 0; i < K; ++i) {                                                      \
-            const double si = correct ? shift[i] : 0;                                      \
-            for (int j = i; j < K; ++j) {                                                  \
-                const double sj = correct ? shift[j] : 0;                                  \
-                g[i * K + j] = g[j * K + i] = total[i * K + j] - (correct ? si * sj / n : 0); \
-            }                                                                              \
-            if (correct) mean[i] += si / n;                                                \
-        }                                                                                  \
+        finish_gram(total, K, shift, K, n, !given && n > 0, g, mean);                     \
     }
 
 #define DEFINE_COLUMNS_OF(D)                                                                \
