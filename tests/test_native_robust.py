@@ -282,3 +282,6 @@ def test_constants_written_twice_agree():
     assert define("NEAREST", "lad.c") == _lad._NEAREST
     assert define("PMAX", "robust.h") == native.MAX_COEFFICIENTS
     assert define("KMAX", "kernels.c") == native.MAX_COLUMNS
+    assert define("KMAX", "ols.c") == native.MAX_COLUMNS
+    # the one-pass rule's longest run of additions is the Gram kernels' chunk
+    assert define("SUM_RUN", "ols.c") == define("CHUNK", "kernels.c")

@@ -731,10 +731,11 @@ void gram_rows(const gram_job *j, int64_t a, int64_t b, double *scratch)
     gram_fn gram = k <= COLUMNS_MAX ? COLUMNS[j->is_double][k - 2] : GRAMS[j->is_double][kp / 8 - 1];
     for (int64_t r = a; r < b; ++r) {
         /* the next row's data, fetched while this one's Gram pass runs on cached data */
-        const int fetch = r + 1 < j->r1 && j->m * k * (int64_t)size <= PREFETCH_ROW;
-        upcoming next = {(const char *)j->x + (r + 1) * j->x_row * size,
-                         (const char *)j->y + (r + 1) * j->y_row * size,
-                         fetch ? j->m * j->d * (int64_t)size : 0, fetch ? j->m * (int64_t)size : 0, 0};
+        upcoming next = {NULL, NULL, 0, 0, 0}; /* nothing (pointers past the batch are not formed) */
+        if (r + 1 < j->r1 && j->m * k * (int64_t)size <= PREFETCH_ROW)
+            next = (upcoming){(const char *)j->x + (r + 1) * j->x_row * size,
+                              (const char *)j->y + (r + 1) * j->y_row * size,
+                              j->m * j->d * (int64_t)size, j->m * (int64_t)size, 0};
         gram((const char *)j->x + r * j->x_row * size, (const char *)j->y + r * j->y_row * size,
              j->mask ? j->mask + r * j->mask_row : NULL, j->m, j->d, j->means_given,
              j->transform ? j->transform + r * k * k : NULL, j->means + r * k, j->out + r * k * k,

@@ -321,12 +321,13 @@ def _native_fit(data: Data, intercept: bool, data_eps: Optional[float]) -> Optio
 
 
 def _multiple(data: Data, intercept: bool) -> OLSFit:
-    n, d = data.n, data.x.shape[-1]
+    d = data.x.shape[-1]
     work, data_eps = _precision(data.x)
     if work == torch.float64:
         native = _native_fit(data, intercept, data_eps)
         if native is not None:
             return native
+    n = data.n
     # Blocks of datasets keep the centred copy in cache for the passes that
     # follow, and spare the page faults of allocating it whole; the small
     # algebra after them runs once, on the whole batch.
