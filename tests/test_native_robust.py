@@ -281,7 +281,4 @@ def test_constants_written_twice_agree():
     assert define("IRLS_STEPS", "lad.c") == _lad._IRLS_STEPS
     assert define("NEAREST", "lad.c") == _lad._NEAREST
     assert define("PMAX", "robust.h") == native.MAX_COEFFICIENTS
-    assert define("KMAX", "kernels.c") == native.MAX_COLUMNS
-    assert define("KMAX", "ols.c") == native.MAX_COLUMNS
-    # the one-pass rule's longest run of additions is the Gram kernels' chunk
-    assert define("SUM_RUN", "ols.c") == define("CHUNK", "kernels.c")
+    assert define("KMAX", "gram.h") == native.MAX_COLUMNS

@@ -69,7 +69,7 @@ from ._build import library as _library
 __all__ = ["available", "line_sums", "line_fit", "centred_gram", "ols_record", "ols_fit", "huber",
            "lad", "MAX_COLUMNS", "MAX_COEFFICIENTS"]
 
-#: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in kernels.c).
+#: Most columns of ``[X y]`` that :func:`centred_gram` takes (``KMAX`` in gram.h).
 MAX_COLUMNS = 64
 
 #: Most coefficients (intercept included) that :func:`huber` and :func:`lad` take (``PMAX`` in robust.h).

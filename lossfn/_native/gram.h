@@ -4,7 +4,22 @@
 #ifndef LOSSFN_GRAM_H
 #define LOSSFN_GRAM_H
 
+#include <math.h>
 #include <stdint.h>
+
+#define KMAX 64         /* most columns of [X y] */
+#define CHUNK 256       /* points centred into the scratch at a time */
+#define COLUMNS_MAX 5   /* most columns of the column kernels (points in the lanes) */
+
+/* The longest run of additions into one sum (one lane of one accumulator)
+ * in the Gram matrix of n points and k columns: a chunk's points, or an
+ * eighth of them where a vector holds 8 points of a column. Its rounding,
+ * about sqrt(run) eps relative, bounds what one pass can keep (ols.c). */
+static inline double gram_run(int64_t k, double n)
+{
+    const double run = n < CHUNK ? n : CHUNK;
+    return k <= COLUMNS_MAX ? (run + 7) / 8 : run;
+}
 
 /* Rows r0 .. r1 - 1 of a batch: x (rows, m, d) with rows x_row values apart,
  * y (rows, m), mask (rows, m) or NULL; means (rows, k) computed, or given

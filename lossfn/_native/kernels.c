@@ -306,8 +306,6 @@ int lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y, 
  * compiler maps v8d to AVX-512, AVX2 or SSE as the CPU has them.
  * ------------------------------------------------------------------------- */
 
-#define KMAX 64
-#define CHUNK 256
 
 
 /* The next row's x and y, to be fetched into the cache while the current
@@ -573,7 +571,6 @@ DEFINE_GRAMS(8)
  * chunks summed apart and then together, the same correction of the computed
  * means, G mirrored from its upper triangle. Functions of constant k, always
  * inlined: the loops unroll and the accumulators stay in registers. */
-#define COLUMNS_MAX 5
 
 /* The chunk's upper triangle, its columns `vectors` vectors of 8 points long,
  * added to total (k x k). */

@@ -38,9 +38,9 @@
  * E = lossfn.fit._solve.ONE_PASS_ERROR: the bounds of its docs there, read
  * off the unshifted factor (the shift of shifted CholeskyQR moves them by a
  * relative 1e-10, far inside E's margin). SSR's bound is multiplied by
- * sqrt(min(n, SUM_RUN)), the rounding of the Gram kernels' longest runs of
- * additions into one sum: without it, r2 = 0.998 at d = 5 and 256 points
- * gave sigma2 off by 2e-12. Datasets with fewer points than coefficients or
+ * sqrt(gram_run), the rounding of the Gram kernels' longest runs of
+ * additions into one sum (gram.h): without it, r2 = 0.998 at d = 5 and 256
+ * points gave sigma2 off by 2e-12. Datasets with fewer points than coefficients or
  * non-finite data are never flagged: no second pass makes them ok.
  *
  * Compiled on first use by lossfn._native._build (cc -O3 -march=native).
@@ -50,8 +50,6 @@
 #include "common.h"
 #include "gram.h"
 
-#define KMAX 64    /* columns of [X y]: centred_gram's limit */
-#define SUM_RUN 256 /* the most products one lane of the Gram kernels adds in a row: CHUNK there */
 
 typedef struct {
     const double *gram, *means, *count;
@@ -181,9 +179,10 @@ static void record_group(const record_job *j, int64_t first, int lanes, v8d *g, 
             beta_norm2 += b * b;
         }
         const v8d rho2 = ssr_raw * scale[d] * scale[d], beta_norm = sqrt8(beta_norm2);
-        /* G's entries carry the rounding of up to SUM_RUN additions in a row:
+        /* G's entries carry the rounding of runs of additions (gram_run):
          * about sqrt(run) eps, which SSR's cancellation magnifies */
-        const v8d run = sqrt8(where8(n < SUM_RUN, n, (v8d){0} + SUM_RUN));
+        v8d run;
+        for (int l = 0; l < 8; ++l) run[l] = sqrt(gram_run(k, n[l]));
         const v8di once = ~failed & exact & (rho2 > 0)
                           & (eps * d * frobenius <= j->bound * where8(beta_norm < 1, beta_norm, (v8d){0} + 1))
                           & (eps * run * (1 + beta_norm2) / rho2 <= j->bound);

@@ -241,7 +241,9 @@ def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: in
 #:   regression), with ``κ(A_x)² ≤ ‖A_x‖_F²·‖F‖_F² = d·‖F‖_F²``;
 #: * ``SSR`` errs by about ``eps·√L·(1 + ‖β_s‖²)/ρ²`` relative (the
 #:   cancellation in ``‖b‖² − ‖Q₁ᵀb‖²`` magnifies the Gram entries' rounding,
-#:   about ``√L·eps`` after runs of ``L = min(n, 256)`` additions into one sum);
+#:   about ``√L·eps`` after runs of ``L`` additions into one sum: ``min(n, 256)``
+#:   in the native Gram kernels, an eighth of it for ``d ≤ 4``; ``gram_run``
+#:   in ``lossfn/_native/gram.h``);
 #: * the Gram matrix itself must be exact to ``eps``: no column may be so
 #:   small that its squares are subnormal (data below about ``1e-154``), which
 #:   rounds them absolutely; ``G_jj ≥ n·tiny/eps`` keeps that error below ``eps²``.
@@ -252,7 +254,7 @@ def first_factor(gram: torch.Tensor, means: torch.Tensor, n: torch.Tensor, m: in
 #: fit nor nearly unrelated to it (random data: ``κ ≈ 1.5``) passes; the NIST
 #: designs (Longley, Pontius, Wampler, Filip) do not. Measured errors stay
 #: below about 1e-12 (12 significant digits; at most 1.2e-13 in a search at
-#: the rule's edge, d = 5-10, 256-1000 points, ordered to cancel late, where
+#: the rule's edge, d = 1-20, 256-1000 points, ordered to cancel late, where
 #: r2 = 0.998 at d = 5 had reached 2e-12 before the ``√L``) where CholeskyQR2
 #: keeps up to about 15; the bounds' other constants are left out, hence the
 #: margin.
