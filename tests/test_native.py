@@ -301,6 +301,47 @@ def test_gram_point_counts(m):
     _check_gram(x, y)
 
 
+@pytest.mark.parametrize("d", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_of_rows_far_from_their_first_points(dtype, d):
+    # Rows of up to 40 KB are centred in one pass about the mean of their
+    # first 32 present points, which keeps the two passes' accuracy while
+    # that centre is near the mean; a trend or a level shift puts it far off,
+    # and the row is passed again about the mean the first pass found.
+    gen = torch.Generator().manual_seed(30 + d)
+    m = 400
+    t = torch.arange(m, dtype=torch.float64)
+    x = 1e4 + torch.randn(4, m, d, generator=gen, dtype=torch.float64)
+    x[0] += t.unsqueeze(-1) * torch.rand(d, generator=gen, dtype=torch.float64)  # a trend
+    x[1, 32:] += 100  # a level shift after the first 32 points
+    y = x.sum(-1) + torch.randn(4, m, generator=gen, dtype=torch.float64)
+    y[2, :40] -= 1e3  # the response alone off centre
+    x, y = x.to(dtype), y.to(dtype)
+    _check_gram(x, y)  # row 3: random, one pass
+    present = torch.rand(4, m, generator=gen) < 0.7
+    _check_gram(x, y, present)
+    # The first 32 points 1e3 spreads off: about them, the sums' rounding
+    # would be (1 + 11) times the two passes' (3e-15 of G); checked to 2e-14.
+    x = 1e4 + torch.randn(2, m, d, generator=gen, dtype=torch.float64)
+    x[:, :32] += 1e3
+    y = x.sum(-1) + torch.randn(2, m, generator=gen, dtype=torch.float64)
+    if dtype == torch.float64:
+        _check_gram(x, y, rtol=2e-14)
+
+
+@pytest.mark.parametrize("d", [1, 4, 5, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_of_rows_that_take_the_means_pass(dtype, d):
+    # Rows over 40 KB get their means in a pass of their own first.
+    gen = torch.Generator().manual_seed(40 + d)
+    m = 6001
+    x = (1e3 + torch.randn(2, m, d, generator=gen, dtype=torch.float64)).to(dtype)
+    y = (x.double().sum(-1) + torch.randn(2, m, generator=gen, dtype=torch.float64)).to(dtype)
+    _check_gram(x, y)
+    present = torch.rand(2, m, generator=gen) < 0.5
+    _check_gram(x, y, present)
+
+
 @contextlib.contextmanager
 def _before_a_guard_page(count: int, dtype: torch.dtype):
     """A tensor of ``count`` elements that ends right before a page the process

@@ -315,6 +315,7 @@ int lossfn_line_fit(int is_double, const void *x, int64_t x_row, const void *y, 
  * 1000 rows of 500 points, d = 5, from a cold cache, 15-20% faster; rows of
  * d = 20 in float64 (84 KB) were 5-10% slower. */
 #define PREFETCH_ROW (32 << 10)
+#define PREFETCH_L2 (40 << 10) /* larger rows to L2 up to this (ONE_PASS_ROW); beyond, none */
 typedef struct {
     const char *x, *y;
     int64_t x_bytes, y_bytes, done;
@@ -326,8 +327,13 @@ static inline void prefetch_share(upcoming *u, int64_t points, int64_t m)
 {
     const int64_t total = u->x_bytes + u->y_bytes;
     const int64_t until = u->done + (total * points + m - 1) / m + 64;
-    for (; u->done < until && u->done < total; u->done += 64)
-        __builtin_prefetch(u->done < u->x_bytes ? u->x + u->done : u->y + (u->done - u->x_bytes));
+    for (; u->done < until && u->done < total; u->done += 64) {
+        const char *at = u->done < u->x_bytes ? u->x + u->done : u->y + (u->done - u->x_bytes);
+        if (total <= PREFETCH_ROW)
+            __builtin_prefetch(at); /* into L1, beside the scratch */
+        else
+            __builtin_prefetch(at, 0, 2); /* into L2 */
+    }
 }
 
 /* acc(R rows x W vectors) += sum over the chunk's points of z[r0 + r] * z[8 c0 + 8 c ...]. */
@@ -436,6 +442,31 @@ static inline void point_lanes(int64_t d, int nv, v8di *xlanes, v8di *ylane)
         }
 }
 
+/* The present points among `points` mask bytes. */
+static inline int64_t count_present(const uint8_t *mr, int64_t points)
+{
+    int64_t count = 0;
+    for (int64_t p = 0; p < points; ++p) count += mr[p] != 0;
+    return count;
+}
+
+#define PROVISIONAL 32 /* points averaged into the provisional centre */
+#define ONE_PASS_ROW (40 << 10) /* larger rows take the means' pass (measured: slower in one) */
+#define OFF_CENTRE 0.5 /* most r_i = s_i^2 / (n G_ii) that one pass keeps (DEFINE_GRAM) */
+
+/* True if the sums about a provisional centre (total, rows ld apart, and
+ * shift, of n points) lose more than OFF_CENTRE of G's accuracy in some
+ * column, or are not finite: then the row is passed again (DEFINE_GRAM). */
+static int off_centre(const double *total, int64_t ld, const double *shift, int64_t k, double n)
+{
+    if (n == 0) return 0; /* nothing to centre */
+    for (int64_t i = 0; i < k; ++i) {
+        const double away = shift[i] * shift[i] / n, spread = total[i * ld + i] - away;
+        if (!(away <= OFF_CENTRE * spread) && shift[i] != 0) return 1;
+    }
+    return 0;
+}
+
 /* g (k x k) from the upper triangle of the chunks' total (rows ld apart).
  * Computed means (correct) are off by the rounding of their sums (15-30 eps
  * of a constant column: more than the rank test's noise floor): with the
@@ -454,6 +485,22 @@ static void finish_gram(const double *total, int64_t ld, const double *shift, in
         if (correct) mean[i] += si / n;
     }
 }
+
+/* The Gram matrix of a row in one pass over its data where that keeps the
+ * two passes' accuracy. Rows of up to ONE_PASS_ROW bytes are centred about
+ * a provisional centre c, the mean of their first PROVISIONAL present points;
+ * the sums s of z = v - c and S = sum z z^T give mean = c + s/n and G = S -
+ * s s^T / n (shifted sums, as line_sums). S's rounding grows with S_ii =
+ * G_ii (1 + r_i), r_i = s_i^2 / (n G_ii): at most 1 + OFF_CENTRE times the
+ * two passes' where every r_i is at most OFF_CENTRE (c within 0.7 standard
+ * deviations of the mean: all but about 1 in 10^4 columns in random order,
+ * c being the mean of 32 points). Otherwise (trends, level shifts, outliers
+ * first) the row is passed again about mean = c + s/n, from the cache, as
+ * the centred pass of the two-pass method: one pass for most rows instead of
+ * two. 1000 rows of 500 points, one core, cold cache: 20-25% faster at d =
+ * 5-12 in float32 and d = 5 in float64, 1.3-1.8x at d = 1-4 (the column
+ * kernels below); rows over 40 KB (d >= 10 in float64, d >= 20 in float32)
+ * were slower in one pass and keep the means' pass. */
 
 /* The means of [x_t y_t] over the present points of a row, into mean[k];
  * returns their count n (mean is nan where n = 0). Chunks of CHUNK points
@@ -487,32 +534,24 @@ static void finish_gram(const double *total, int64_t ld, const double *shift, in
         return n;                                                                          \
     }
 
-#define DEFINE_GRAM(NAME, T, NV, POINT, MEANS)                                              \
-    static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
-                     int given, const double *tr, double *mean, double *g, double *z,      \
-                     double *q, double *block, double *total, upcoming *next)              \
+/* One pass over a row: the sums of z = [x_t y_t] - centre (shift, NV
+ * vectors) and of their products (total, KP x KP), by chunks of CHUNK points
+ * through the scratch z (transformed into q by T where tr is given; trv holds
+ * T's rows as vectors); returns the count of present points. */
+#define DEFINE_GRAM_PASS(NAME, T, NV, POINT)                                                \
+    static int64_t NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d, \
+                        int64_t safe, const v8di *xlanes, const v8di *ylane, const double *centre, \
+                        const double *trv, double *z, double *q, double *block, double *total, \
+                        v8d *shift, upcoming *next)                                        \
     {                                                                                      \
         enum { KP = 8 * NV };                                                              \
         const int64_t k = d + 1;                                                           \
-        /* points whose 8*NV-wide load stays inside the dataset's m*d values */            \
-        const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
-        v8d meanv[NV], trv[KMAX][NV];                                                      \
-        double n = 0;                                                                      \
-        v8di xlanes[NV], ylane[NV];                                                        \
-        point_lanes(d, NV, xlanes, ylane);                                                 \
-        if (!given) n = MEANS(xr, yr, mr, m, d, mean);                                    \
+        v8d meanv[NV];                                                                     \
         for (int c = 0; c < NV; ++c)                                                       \
-            for (int l = 0; l < 8; ++l) meanv[c][l] = 8 * c + l < k ? mean[8 * c + l] : 0; \
-        if (tr)                                                                            \
-            for (int64_t i = 0; i < k; ++i)                                                \
-                for (int c = 0; c < NV; ++c)                                               \
-                    for (int l = 0; l < 8; ++l) {                                          \
-                        int64_t j = 8 * c + l;                                             \
-                        trv[i][c][l] = j >= i && j < k ? tr[i * k + j] : 0;                \
-                    }                                                                      \
+            for (int l = 0; l < 8; ++l) meanv[c][l] = 8 * c + l < k ? centre[8 * c + l] : 0; \
         for (int64_t i = 0; i < KP * KP; ++i) total[i] = 0;                                \
-        v8d shift[NV]; /* sum of z: the first-pass means' error, removed at the end */     \
         for (int c = 0; c < NV; ++c) shift[c] = (v8d){0};                                  \
+        int64_t count = 0;                                                                 \
         for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                        \
             const int64_t points = (t0 + CHUNK < m ? t0 + CHUNK : m) - t0;                 \
             v8d part[NV];                                                                  \
@@ -525,7 +564,7 @@ static void finish_gram(const double *total, int64_t ld, const double *shift, in
                     continue;                                                              \
                 }                                                                          \
                 const v8di ybits = (v8di)((v8d){0} + (double)yr[t]);                       \
-                v8d zv[NV]; /* [x_t y_t 0 ...] - means */                                  \
+                v8d zv[NV]; /* [x_t y_t 0 ...] - centre */                                 \
                 for (int c = 0; c < NV; ++c)                                               \
                     zv[c] = POINT(xr, t, d, c, safe, xlanes[c], ybits, ylane[c]) - meanv[c]; \
                 for (int c = 0; c < NV; ++c) {                                             \
@@ -533,12 +572,61 @@ static void finish_gram(const double *total, int64_t ld, const double *shift, in
                     part[c] += zv[c];                                                      \
                 }                                                                          \
             }                                                                              \
+            count += mr ? count_present(mr + t0, points) : points;                         \
             for (int c = 0; c < NV; ++c) shift[c] += part[c];                              \
-            if (tr) chunk_transform(z, points, KP, k, (const double *)trv, q);             \
+            if (trv) chunk_transform(z, points, KP, k, trv, q);                            \
             for (int64_t i = 0; i < KP * KP; ++i) block[i] = 0;                            \
-            chunk_gram(tr ? q : z, points, KP, k, block);                                  \
+            chunk_gram(trv ? q : z, points, KP, k, block);                                 \
             prefetch_share(next, points, m);                                               \
             for (int64_t i = 0; i < KP * KP; ++i) total[i] += block[i];                    \
+        }                                                                                  \
+        return count;                                                                      \
+    }
+
+#define DEFINE_GRAM(NAME, T, NV, POINT, MEANS)                                              \
+    DEFINE_GRAM_PASS(NAME##_pass, T, NV, POINT)                                            \
+    static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
+                     int given, const double *tr, double *mean, double *g, double *z,      \
+                     double *q, double *block, double *total, upcoming *next)              \
+    {                                                                                      \
+        enum { KP = 8 * NV };                                                              \
+        const int64_t k = d + 1;                                                           \
+        /* points whose 8*NV-wide load stays inside the dataset's m*d values */            \
+        const int64_t safe = m * d >= KP ? (m * d - KP) / d + 1 : 0;                       \
+        v8d trv[KMAX][NV];                                                                 \
+        v8di xlanes[NV], ylane[NV];                                                        \
+        point_lanes(d, NV, xlanes, ylane);                                                 \
+        if (!given && m * k * (int64_t)sizeof(T) > ONE_PASS_ROW) {                         \
+            MEANS(xr, yr, mr, m, d, mean); /* the centre: the means, a pass of their own */ \
+        } else if (!given) { /* the provisional centre; nan where no point is present */  \
+            v8d sum[NV];                                                                   \
+            for (int c = 0; c < NV; ++c) sum[c] = (v8d){0};                                \
+            int found = 0;                                                                 \
+            for (int64_t t = 0; t < m && found < PROVISIONAL; ++t) {                       \
+                if (mr && !mr[t]) continue;                                                \
+                ++found;                                                                   \
+                const v8di ybits = (v8di)((v8d){0} + (double)yr[t]);                       \
+                for (int c = 0; c < NV; ++c)                                               \
+                    sum[c] += POINT(xr, t, d, c, safe, xlanes[c], ybits, ylane[c]);        \
+            }                                                                              \
+            for (int64_t i = 0; i < k; ++i) mean[i] = sum[i / 8][i % 8] / found;           \
+        }                                                                                  \
+        if (tr)                                                                            \
+            for (int64_t i = 0; i < k; ++i)                                                \
+                for (int c = 0; c < NV; ++c)                                               \
+                    for (int l = 0; l < 8; ++l) {                                          \
+                        int64_t j = 8 * c + l;                                             \
+                        trv[i][c][l] = j >= i && j < k ? tr[i * k + j] : 0;                \
+                    }                                                                      \
+        v8d shift[NV]; /* sum of z: the centre's distance from the mean, times n */       \
+        const double *trp = tr ? (const double *)trv : NULL;                               \
+        double n = (double)NAME##_pass(xr, yr, mr, m, d, safe, xlanes, ylane, mean, trp, z, q, \
+                                       block, total, shift, next);                         \
+        if (!given && off_centre(total, KP, (const double *)shift, k, n)) {                \
+            /* again, about the mean the first pass found */                              \
+            for (int64_t i = 0; i < k; ++i) mean[i] += shift[i / 8][i % 8] / n;            \
+            NAME##_pass(xr, yr, mr, m, d, safe, xlanes, ylane, mean, trp, z, q, block, total, \
+                        shift, next);                                                      \
         }                                                                                  \
         finish_gram(total, KP, (const double *)shift, k, n, !given && n > 0, g, mean);    \
     }
@@ -632,16 +720,52 @@ DEFINE_COLUMN_LOAD(column_load_f32, float)
 DEFINE_COLUMN_LOAD(column_load_f64, double)
 
 #define DEFINE_COLUMNS(NAME, T, D, LOAD)                                                    \
+    /* One pass about `centre`, as DEFINE_GRAM_PASS: returns the present points. */      \
+    static int64_t NAME##_pass(const T *xr, const T *yr, const uint8_t *mr, int64_t m,     \
+                               const double *tr, const double *centre, double *z,          \
+                               double *total, double *shift, upcoming *next)               \
+    {                                                                                      \
+        enum { K = D + 1 };                                                                \
+        v8d col[K] = {{0}};                                                                \
+        int64_t count = 0;                                                                 \
+        for (int i = 0; i < K; ++i) shift[i] = 0;                                          \
+        for (int i = 0; i < K * K; ++i) total[i] = 0;                                      \
+        for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                        \
+            const int64_t points = (t0 + CHUNK < m ? t0 + CHUNK : m) - t0;                 \
+            const int64_t vectors = (points + 7) / 8;                                      \
+            /* centred columns; absent points cleared by bit masks (nan there is never   \
+             * added) */                                                                   \
+            for (int64_t p = 0; p < 8 * vectors; p += 8) {                                 \
+                const v8di lanes = LOAD(xr, yr, mr, t0 + p, points - p, D, col);           \
+                for (int l = 0; l < 8; ++l) count -= lanes[l];                             \
+                for (int i = 0; i < K; ++i)                                                \
+                    *(v8d *)(z + i * CHUNK + p) = keep(col[i] - centre[i], lanes);         \
+            }                                                                              \
+            if (tr) {                                                                      \
+                column_transform(z, vectors, K, tr);                                       \
+            } else {                                                                       \
+                for (int i = 0; i < K; ++i) {                                              \
+                    v8d part = (v8d){0};                                                   \
+                    for (int64_t v = 0; v < vectors; ++v) part += *(const v8d *)(z + i * CHUNK + 8 * v); \
+                    shift[i] += lane_sum(part);                                            \
+                }                                                                          \
+            }                                                                              \
+            column_gram(z, vectors, K, total);                                             \
+            prefetch_share(next, points, m);                                               \
+        }                                                                                  \
+        return count;                                                                      \
+    }                                                                                      \
+                                                                                           \
     static void NAME(const T *xr, const T *yr, const uint8_t *mr, int64_t m, int64_t d,    \
                      int given, const double *tr, double *mean, double *g, double *z,      \
                      double *q, double *block, double *total, upcoming *next)              \
     {                                                                                      \
         enum { K = D + 1 };                                                                \
         (void)d, (void)q, (void)block;                                                     \
-        double n = 0, shift[K];                                                            \
-        v8d col[K] = {{0}};                                                                \
-        if (!given) { /* the means: column sums of the present points, by chunks */      \
-            v8d sum[K];                                                                    \
+        double shift[K];                                                                   \
+        if (!given && m * K * (int64_t)sizeof(T) > ONE_PASS_ROW) {                         \
+            /* the centre: the means, column sums of the present points by chunks */     \
+            v8d sum[K], col[K] = {{0}};                                                    \
             int64_t count = 0;                                                             \
             for (int i = 0; i < K; ++i) sum[i] = (v8d){0};                                 \
             for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                    \
@@ -655,32 +779,23 @@ DEFINE_COLUMN_LOAD(column_load_f64, double)
                 }                                                                          \
                 for (int i = 0; i < K; ++i) sum[i] += part[i];                             \
             }                                                                              \
-            n = (double)count;                                                             \
-            for (int i = 0; i < K; ++i) mean[i] = lane_sum(sum[i]) / n;                    \
+            for (int i = 0; i < K; ++i) mean[i] = lane_sum(sum[i]) / count;               \
+        } else if (!given) { /* the provisional centre (DEFINE_GRAM); nan with no point */ \
+            double sum[K];                                                                 \
+            int found = 0;                                                                 \
+            for (int i = 0; i < K; ++i) sum[i] = 0;                                        \
+            for (int64_t t = 0; t < m && found < PROVISIONAL; ++t) {                       \
+                if (mr && !mr[t]) continue;                                                \
+                ++found;                                                                   \
+                for (int i = 0; i < D; ++i) sum[i] += (double)xr[t * D + i];               \
+                sum[D] += (double)yr[t];                                                   \
+            }                                                                              \
+            for (int i = 0; i < K; ++i) mean[i] = sum[i] / found;                          \
         }                                                                                  \
-        for (int i = 0; i < K; ++i) shift[i] = 0;                                          \
-        for (int i = 0; i < K * K; ++i) total[i] = 0;                                      \
-        for (int64_t t0 = 0; t0 < m; t0 += CHUNK) {                                        \
-            const int64_t points = (t0 + CHUNK < m ? t0 + CHUNK : m) - t0;                 \
-            const int64_t vectors = (points + 7) / 8;                                      \
-            /* centred columns; absent points cleared by bit masks (nan there is never   \
-             * added) */                                                                   \
-            for (int64_t p = 0; p < 8 * vectors; p += 8) {                                 \
-                const v8di lanes = LOAD(xr, yr, mr, t0 + p, points - p, D, col);           \
-                for (int i = 0; i < K; ++i)                                                \
-                    *(v8d *)(z + i * CHUNK + p) = keep(col[i] - mean[i], lanes);           \
-            }                                                                              \
-            if (tr) {                                                                      \
-                column_transform(z, vectors, K, tr);                                       \
-            } else {                                                                       \
-                for (int i = 0; i < K; ++i) {                                              \
-                    v8d part = (v8d){0};                                                   \
-                    for (int64_t v = 0; v < vectors; ++v) part += *(const v8d *)(z + i * CHUNK + 8 * v); \
-                    shift[i] += lane_sum(part);                                            \
-                }                                                                          \
-            }                                                                              \
-            column_gram(z, vectors, K, total);                                             \
-            prefetch_share(next, points, m);                                               \
+        const double n = (double)NAME##_pass(xr, yr, mr, m, tr, mean, z, total, shift, next); \
+        if (!given && off_centre(total, K, shift, K, n)) {                                 \
+            for (int i = 0; i < K; ++i) mean[i] += shift[i] / n; /* again, about the mean */ \
+            NAME##_pass(xr, yr, mr, m, tr, mean, z, total, shift, next);                   \
         }                                                                                  \
         finish_gram(total, K, shift, K, n, !given && n > 0, g, mean);                     \
     }
@@ -729,7 +844,7 @@ void gram_rows(const gram_job *j, int64_t a, int64_t b, double *scratch)
     for (int64_t r = a; r < b; ++r) {
         /* the next row's data, fetched while this one's Gram pass runs on cached data */
         upcoming next = {NULL, NULL, 0, 0, 0}; /* nothing (pointers past the batch are not formed) */
-        if (r + 1 < j->r1 && j->m * k * (int64_t)size <= PREFETCH_ROW)
+        if (r + 1 < j->r1 && j->m * k * (int64_t)size <= PREFETCH_L2)
             next = (upcoming){(const char *)j->x + (r + 1) * j->x_row * size,
                               (const char *)j->y + (r + 1) * j->y_row * size,
                               j->m * j->d * (int64_t)size, j->m * (int64_t)size, 0};
