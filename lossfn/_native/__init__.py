@@ -3,7 +3,7 @@
 torch runs a fit's passes one operator at a time: each one reads the data
 from memory and writes a temporary back. A kernel that makes every pass over
 one dataset while it is in cache reads the data once (``kernels.c``,
-``huber.c``, ``lad.c``):
+``ols.c``, ``huber.c``, ``lad.c``):
 
 * :func:`line_sums`, the centred moments of one predictor and the response
   (``fit.standardized``), and :func:`line_fit`, the same sums and the whole
@@ -14,7 +14,7 @@ one dataset while it is in cache reads the data once (``kernels.c``,
 * :func:`ols_fit`, ``fit.ols`` with several predictors: the Gram matrix of
   each dataset in one pass (``kernels.c``), then its solve and the whole
   record, eight datasets to a vector while their Gram matrices are in cache
-  (``ols.c``; :func:`ols_record` alone, from given Gram matrices): 3.5-8x
+  (``ols.c``; :func:`ols_record` alone, from given Gram matrices): 4-8x
   faster than the torch route at 1000 datasets of 500 points. Float64
   datasets that one pass does not serve to 12 digits (ill-conditioned
   designs, nearly exact fits) are flagged for CholeskyQR2's second pass,
