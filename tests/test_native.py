@@ -329,6 +329,24 @@ def test_gram_of_rows_far_from_their_first_points(dtype, d):
         _check_gram(x, y, rtol=2e-14)
 
 
+def test_gram_of_integer_data_rounds_without_bias():
+    # float64 integers (timestamps, counts) have few significant bits: about a
+    # centre with few bits too (a sum of 32 points over 32), every product
+    # rounded the same way, 30-35 eps of G_ii; about the mean of 31 points,
+    # as about the true mean, a few eps. Oracle: exact rational arithmetic.
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    v = np.round(1.7e9 + rng.standard_normal((3, 800, 6)) * 2.6e5)
+    _, gram = native.centred_gram(torch.tensor(v[..., :5]), torch.tensor(v[..., 5]), None)
+    eps = np.finfo(np.float64).eps
+    for r in range(3):
+        for i in range(6):
+            column = [int(a) for a in v[r, :, i]]
+            exact = Fraction(sum(a * a for a in column)) - Fraction(sum(column) ** 2, len(column))
+            assert abs(Fraction(gram[r, i, i].item()) - exact) <= 8 * eps * exact, (r, i)
+
+
 @pytest.mark.parametrize("d", [1, 4, 5, 9])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gram_of_rows_that_take_the_means_pass(dtype, d):
