@@ -14,9 +14,9 @@ kernels that pass over each dataset while it is in cache
 compute the whole record in C (with several float64 predictors, for the
 datasets that one pass serves to 12 digits; the others get CholeskyQR2's
 second pass): 2-8x faster end to end than the pure-torch route, and accurate
-to float64 rounding where float32 sums would over- or underflow. LAD and Huber regression run their whole
-iteration per dataset in C, each dataset stopping when it is done: 4-8x
-faster (B = 1000, m = 200). They are
+to float64 rounding where float32 sums would over- or underflow. LAD and
+Huber regression run their whole iteration per dataset in C, each dataset
+stopping when it is done: 4-8x faster (B = 1000, m = 200). They are
 compiled with the system's C compiler (``$CC``, else ``cc``) on first use, a
 few seconds, into ``~/.cache/lossfn``. Calls they cannot serve (under
 ``torch.func`` transforms or autograd, off the CPU) take the pure-torch route,

@@ -284,9 +284,9 @@ def _native_fit(data: Data, intercept: bool, data_eps: Optional[float]) -> Optio
 
     ``ols_fit`` forms each Gram matrix in float64 in one pass per dataset
     while the dataset is in cache, then solves it and makes the record, eight
-    datasets at a time while their Gram matrices are in cache. That pass is all for float32
-    data, as on the torch route, and for the float64 datasets where one pass
-    keeps about 12 digits (:data:`lossfn.fit._solve.ONE_PASS_ERROR`:
+    datasets at a time while their Gram matrices are in cache. That pass is
+    all for float32 data, as on the torch route, and for the float64 datasets
+    where one pass keeps about 12 digits (:data:`lossfn.fit._solve.ONE_PASS_ERROR`:
     well-conditioned designs, responses neither nearly an exact fit nor
     nearly unrelated, data not so small that their squares are subnormal);
     the others, the NIST designs among them, get CholeskyQR2's second pass
