@@ -56,7 +56,7 @@ def line_sums(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor])
     if found is None:
         return None
     lib, arguments, rows, threads = found
-    out = torch.empty(rows, 6, dtype=torch.float64, device="cpu")  # not the default device
+    out = torch.empty(rows, 6, **_CPU64)
     lib.lossfn_line_sums(*arguments, out.data_ptr(), threads)
     return tuple(column.view(y.shape[:-1]) for column in out.unbind(-1)[:5])  # n: not asked for
 
@@ -132,10 +132,9 @@ def _gram_call(x: torch.Tensor, y: torch.Tensor, present: Optional[torch.Tensor]
         return None
     rows, k = fy.shape[0], d + 1
     given = means is not None
-    cpu64 = {"dtype": torch.float64, "device": "cpu"}  # not the default device
-    means = (torch.empty(rows, k, **cpu64) if means is None
-             else means.to(**cpu64).reshape(rows, k).contiguous())
-    out = torch.empty(rows, k, k, **cpu64)
+    means = (torch.empty(rows, k, **_CPU64) if means is None
+             else means.to(**_CPU64).reshape(rows, k).contiguous())
+    out = torch.empty(rows, k, k, **_CPU64)
     arguments = (int(x.dtype == torch.float64), fx.data_ptr(), fx.stride(0), fy.data_ptr(),
                  fy.stride(0), None if fm is None else fm.data_ptr(),
                  0 if fm is None else fm.stride(0), rows, m, d, int(given))
@@ -169,7 +168,7 @@ def centred_gram(
     lib, arguments, means, out, threads = call
     rows, k = out.shape[:2]
     if transform is not None:
-        transform = transform.to(dtype=torch.float64, device="cpu").reshape(rows, k, k).contiguous()
+        transform = transform.to(**_CPU64).reshape(rows, k, k).contiguous()
     status = lib.lossfn_centred_gram(
         *arguments, None if transform is None else transform.data_ptr(), means.data_ptr(),
         out.data_ptr(), threads,
@@ -201,7 +200,7 @@ def ols_fit(
     second pass.
     """
     batch, d = y.shape[:-1], x.shape[-1]
-    zeros = None if intercept else torch.zeros(batch + (d + 1,), dtype=torch.float64, device="cpu")
+    zeros = None if intercept else torch.zeros(batch + (d + 1,), **_CPU64)
     call = _gram_call(x, y, present, zeros, None)
     if call is None:
         return None
